@@ -1,0 +1,105 @@
+package layout
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// ErrBadIndex is returned by ReadIndex when index.json exists but is not a
+// valid OCI image index (garbage, truncated, or larger than maxIndexSize).
+var ErrBadIndex = errors.New("index.json is not a valid OCI image index")
+
+// maxIndexSize bounds what ReadIndex loads. An index of warmed refs is a
+// few hundred bytes per ref; 16 MiB is tens of thousands of refs, and a
+// larger file is garbage, not something to parse into memory.
+const maxIndexSize = 16 << 20
+
+func emptyIndex() ocispec.Index {
+	return ocispec.Index{
+		Versioned: specs.Versioned{SchemaVersion: 2},
+		MediaType: ocispec.MediaTypeImageIndex,
+		Manifests: []ocispec.Descriptor{},
+	}
+}
+
+// ReadIndex reads index.json. It takes no lock: index.json is only ever
+// replaced by rename, so a reader sees a whole old or a whole new file. A
+// missing index.json reads as an empty index.
+func (p Path) ReadIndex() (ocispec.Index, error) {
+	f, err := os.Open(p.Join(IndexFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return emptyIndex(), nil
+	}
+	if err != nil {
+		return ocispec.Index{}, fmt.Errorf("reading %s: %w", p.Join(IndexFile), err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxIndexSize+1))
+	if err != nil {
+		return ocispec.Index{}, fmt.Errorf("reading %s: %w", p.Join(IndexFile), err)
+	}
+	if len(b) > maxIndexSize {
+		return ocispec.Index{}, fmt.Errorf("%s: %w: larger than %d bytes", p.Join(IndexFile), ErrBadIndex, maxIndexSize)
+	}
+	var idx ocispec.Index
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&idx); err != nil {
+		return ocispec.Index{}, fmt.Errorf("%s: %w: %v", p.Join(IndexFile), ErrBadIndex, err)
+	}
+	if idx.SchemaVersion != 2 {
+		return ocispec.Index{}, fmt.Errorf("%s: %w: schemaVersion %d", p.Join(IndexFile), ErrBadIndex, idx.SchemaVersion)
+	}
+	for i, m := range idx.Manifests {
+		if err := Validate(m.Digest); err != nil {
+			return ocispec.Index{}, fmt.Errorf("%s: %w: manifests[%d]: %v", p.Join(IndexFile), ErrBadIndex, i, err)
+		}
+	}
+	if idx.Manifests == nil {
+		idx.Manifests = []ocispec.Descriptor{}
+	}
+	return idx, nil
+}
+
+// UpdateIndex rewrites index.json under the index lock: it reads the
+// current index, lets fn change it, and writes the result durably (temp
+// file, fsync, rename, fsync of the directory). Two processes updating at
+// once are serialised, so neither loses the other's change. If fn returns
+// an error, index.json is left as it was.
+//
+// An index.json that does not parse (ErrBadIndex) is replaced: fn starts
+// from an empty index, and the returned error is nil. The refs it held were
+// already unreadable; the blobs are untouched and can be warmed again.
+func (p Path) UpdateIndex(ctx context.Context, fn func(*ocispec.Index) error) error {
+	l, err := p.LockIndex(ctx)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	idx, err := p.ReadIndex()
+	if errors.Is(err, ErrBadIndex) {
+		idx, err = emptyIndex(), nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := fn(&idx); err != nil {
+		return err
+	}
+	if idx.Manifests == nil {
+		idx.Manifests = []ocispec.Descriptor{}
+	}
+	b, err := json.MarshalIndent(idx, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding %s: %w", p.Join(IndexFile), err)
+	}
+	return p.writeFileAtomic(IndexFile, append(b, '\n'))
+}

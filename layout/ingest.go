@@ -1,0 +1,151 @@
+package layout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/gofrs/flock"
+	"github.com/opencontainers/go-digest"
+)
+
+// Suffixes of the files in ingest/. Anything else found there is litter
+// too, and swept once it is old.
+const (
+	tempSuffix = ".tmp"
+	lockSuffix = ".lock"
+	// indexLockName is never removed: a lock file that is unlinked while
+	// a process waits on it lets two processes hold "the" lock, and for
+	// index.json that would lose refs.
+	indexLockName = IndexFile + lockSuffix
+)
+
+// lockPollInterval is how often a blocked Lock retries. flock(2) has no
+// timed wait, so waiting with a context means polling; 20 ms is short next
+// to any blob download a waiter waits for.
+const lockPollInterval = 20 * time.Millisecond
+
+// CreateTemp creates a new temporary file in ingest/ whose name is unique
+// across processes (os.CreateTemp). pattern follows os.CreateTemp; the
+// ".tmp" suffix is added if missing, so that Sweep recognises the file.
+func (p Path) CreateTemp(pattern string) (*os.File, error) {
+	if !strings.HasSuffix(pattern, tempSuffix) {
+		pattern += tempSuffix
+	}
+	f, err := os.CreateTemp(p.Join(IngestDir), pattern)
+	if errors.Is(err, fs.ErrNotExist) {
+		// ingest/ went away (a user removed it by hand): make it again.
+		if mkErr := os.MkdirAll(p.Join(IngestDir), 0o755); mkErr == nil {
+			f, err = os.CreateTemp(p.Join(IngestDir), pattern)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating temp file in %s: %w", p.Join(IngestDir), err)
+	}
+	return f, nil
+}
+
+// Lock is an exclusive advisory lock held on a file in ingest/ with
+// flock(2). The kernel releases it when the holder's process dies, so a
+// crash never leaves a cache locked.
+type Lock struct {
+	fl *flock.Flock
+}
+
+// Unlock releases the lock. It is safe to call more than once.
+func (l *Lock) Unlock() error {
+	if l == nil || l.fl == nil {
+		return nil
+	}
+	err := l.fl.Unlock()
+	l.fl.Close()
+	return err
+}
+
+// LockBlob takes the per-digest lock of d, waiting until it is free or ctx
+// is done. Holders use it so that one process downloads a blob while the
+// others wait and then read it from the store.
+func (p Path) LockBlob(ctx context.Context, d digest.Digest) (*Lock, error) {
+	if err := Validate(d); err != nil {
+		return nil, err
+	}
+	return p.lock(ctx, string(d.Algorithm())+"-"+d.Encoded()+lockSuffix)
+}
+
+// LockIndex takes the lock that serialises rewrites of index.json.
+func (p Path) LockIndex(ctx context.Context) (*Lock, error) {
+	return p.lock(ctx, indexLockName)
+}
+
+func (p Path) lock(ctx context.Context, name string) (*Lock, error) {
+	path := p.Join(IngestDir, name)
+	fl := flock.New(path, flock.SetPermissions(0o644))
+	ok, err := fl.TryLockContext(ctx, lockPollInterval)
+	if err == nil && !ok {
+		err = ctx.Err()
+	}
+	if err != nil {
+		fl.Close()
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	return &Lock{fl: fl}, nil
+}
+
+// Sweep removes litter from ingest/ whose modification time is before
+// cutoff: temporary files that a crashed or killed writer left behind, and
+// per-digest lock files that nobody holds. It never removes the index lock.
+// A live writer's temp file is younger than any sensible cutoff (callers use
+// an hour), so Sweep does not race with writers in practice; if it did, the
+// writer's rename would fail and it would report an error, never publish a
+// partial blob. It returns how many files it removed.
+func (p Path) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
+	dir := p.Join(IngestDir)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("sweeping %s: %w", dir, err)
+	}
+	removed := 0
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return removed, err
+		}
+		name := e.Name()
+		if name == indexLockName {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil || !fi.ModTime().Before(cutoff) {
+			continue
+		}
+		path := p.Join(IngestDir, name)
+		if strings.HasSuffix(name, lockSuffix) && fi.Mode().IsRegular() {
+			// Remove a lock file only while holding it, so a current
+			// holder keeps it. A process that opened the file just
+			// before the removal may lock the unlinked inode; the cost is
+			// at worst one duplicate download, never a wrong blob.
+			fl := flock.New(path)
+			ok, err := fl.TryLock()
+			if err != nil || !ok {
+				fl.Close()
+				continue
+			}
+			if os.Remove(path) == nil {
+				removed++
+			}
+			fl.Unlock()
+			fl.Close()
+			continue
+		}
+		if os.RemoveAll(path) == nil {
+			removed++
+		}
+	}
+	return removed, nil
+}

@@ -1,0 +1,37 @@
+package store
+
+import (
+	"errors"
+
+	"github.com/ocibuild/layercache/layout"
+)
+
+// Sentinel errors. Match them with errors.Is: every error the store returns
+// wraps at most one of them, and names the digest (and path) concerned.
+var (
+	// ErrNotFound is returned by Open, Get, Stat and Delete when the store
+	// holds no blob with the digest.
+	ErrNotFound = errors.New("blob not found")
+
+	// ErrCorrupted is returned when a stored blob's bytes do not match its
+	// digest (truncated, extended, bit-flipped, empty, or not a regular
+	// file). By the time the caller sees it, the bad entry is removed, so
+	// a retry fetches the blob afresh.
+	ErrCorrupted = errors.New("corrupted blob")
+
+	// ErrInvalidDigest is returned, before any file is touched, for a
+	// digest that is malformed, uses an algorithm other than sha256 or
+	// sha512, or is not lowercase hex of the exact length. It is the same
+	// value as layout.ErrInvalidDigest.
+	ErrInvalidDigest = layout.ErrInvalidDigest
+
+	// ErrDigestMismatch is returned by PutVerified and Writer.Commit when
+	// the data written does not hash to the expected digest or does not
+	// have the expected size. Nothing is committed.
+	ErrDigestMismatch = errors.New("digest mismatch")
+
+	// ErrNotLayout is returned by Open for a path that is a file, or a
+	// non-empty directory that is not an OCI image layout. It is the same
+	// value as layout.ErrNotLayout.
+	ErrNotLayout = layout.ErrNotLayout
+)

@@ -1,0 +1,230 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/ocibuild/layercache/layout"
+)
+
+// Put stores the data read from r and returns its sha256 digest, computed
+// from the data and never taken from the caller. It streams: memory does not
+// grow with the blob. Storing bytes that are already stored succeeds.
+func (s *Store) Put(ctx context.Context, r io.Reader) (digest.Digest, error) {
+	w, err := s.NewWriter(ctx, "", -1)
+	if err != nil {
+		return "", err
+	}
+	defer w.Close()
+	if err := copyCtx(ctx, w, r); err != nil {
+		return "", err
+	}
+	return w.Commit()
+}
+
+// PutVerified stores the data read from r as the blob d. The data must hash
+// to d and, unless size is -1, be size bytes long; otherwise it returns an
+// error wrapping ErrDigestMismatch and commits nothing. If the store already
+// holds a blob named d of that size, PutVerified returns at once without
+// reading r.
+func (s *Store) PutVerified(ctx context.Context, d digest.Digest, size int64, r io.Reader) error {
+	if err := layout.Validate(d); err != nil {
+		return err
+	}
+	if size >= 0 {
+		if info, err := s.Stat(ctx, d); err == nil && info.Size == size {
+			return nil
+		}
+	}
+	w, err := s.NewWriter(ctx, d, size)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	if err := copyCtx(ctx, w, r); err != nil {
+		return err
+	}
+	_, err = w.Commit()
+	return err
+}
+
+// copyCtx copies r into w with the store's large buffer, checking ctx
+// between reads so that a cancelled Put stops promptly.
+func copyCtx(ctx context.Context, w io.Writer, r io.Reader) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// Writer writes one blob into the store: bytes go to a temp file in ingest/
+// and through a hash; Commit publishes the file at its final name only if
+// the hash (and size) match. Use it where the bytes pass through anyway,
+// such as a download that is also streamed to a caller, so that each byte
+// is hashed once. A Writer is not safe for concurrent use.
+type Writer struct {
+	s        *Store
+	ctx      context.Context
+	f        *os.File
+	h        hash.Hash
+	alg      digest.Algorithm
+	expected digest.Digest
+	size     int64
+	n        int64
+	err      error // sticky write error
+	done     bool
+}
+
+// NewWriter starts writing a blob. expected is the digest the data must
+// have, or "" to compute a sha256 digest from the data; size is the
+// expected length, or -1 if unknown. The caller must call Commit or Close.
+func (s *Store) NewWriter(ctx context.Context, expected digest.Digest, size int64) (*Writer, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	alg := digest.SHA256
+	if expected != "" {
+		if err := layout.Validate(expected); err != nil {
+			return nil, err
+		}
+		alg = expected.Algorithm()
+	}
+	f, err := s.path.CreateTemp("blob-*")
+	if err != nil {
+		if expected != "" {
+			return nil, fmt.Errorf("blob %s: %w", expected, err)
+		}
+		return nil, err
+	}
+	return &Writer{s: s, ctx: ctx, f: f, h: alg.Hash(), alg: alg, expected: expected, size: size}, nil
+}
+
+// Write writes p to the temp file and the hash. Writing more than the
+// expected size fails at once with ErrDigestMismatch.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.done {
+		return 0, errors.New("write to a committed or closed blob writer")
+	}
+	if w.size >= 0 && w.n+int64(len(p)) > w.size {
+		w.err = fmt.Errorf("blob %s: %w: more than the expected %d bytes", w.expected, ErrDigestMismatch, w.size)
+		return 0, w.err
+	}
+	n, err := w.f.Write(p)
+	w.h.Write(p[:n])
+	w.n += int64(n)
+	if err != nil {
+		w.err = fmt.Errorf("writing %s: %w", w.f.Name(), err)
+		return n, w.err
+	}
+	return n, nil
+}
+
+// Size returns how many bytes were written so far.
+func (w *Writer) Size() int64 { return w.n }
+
+// Digest returns the digest of the bytes written so far.
+func (w *Writer) Digest() digest.Digest { return digest.NewDigest(w.alg, w.h) }
+
+// Commit publishes the blob if its bytes hashed to the expected digest and
+// had the expected size, and returns its digest. It always closes the
+// writer, even on error; on error nothing is published and the temp file
+// is removed.
+func (w *Writer) Commit() (digest.Digest, error) {
+	if w.done {
+		return "", errors.New("commit of a committed or closed blob writer")
+	}
+	defer w.Close()
+	if w.err != nil {
+		return "", w.err
+	}
+	got := w.Digest()
+	name := w.expected
+	if name == "" {
+		name = got
+	}
+	if got != name || (w.size >= 0 && w.n != w.size) {
+		return "", fmt.Errorf("blob %s: %w: got %d bytes hashing to %s", name, ErrDigestMismatch, w.n, got)
+	}
+	if err := w.ctx.Err(); err != nil {
+		return "", err
+	}
+	final, err := w.s.path.BlobPath(name)
+	if err != nil {
+		return "", err
+	}
+	if w.s.durable {
+		if err := w.f.Sync(); err != nil {
+			return "", fmt.Errorf("blob %s: syncing %s: %w", name, w.f.Name(), err)
+		}
+	}
+	// Not fsynced by default, and that is safe: every read verifies, so a
+	// blob torn by a power loss is detected and fetched again.
+	if err := w.f.Close(); err != nil {
+		return "", fmt.Errorf("blob %s: closing %s: %w", name, w.f.Name(), err)
+	}
+	tmp := w.f.Name()
+	// Blobs are immutable: read-only files say so to people with editors.
+	if err := os.Chmod(tmp, 0o444); err != nil {
+		return "", fmt.Errorf("blob %s: %w", name, err)
+	}
+	now := w.s.now()
+	if err := os.Chtimes(tmp, now, now); err != nil {
+		return "", fmt.Errorf("blob %s: %w", name, err)
+	}
+	dir := w.s.path.AlgorithmDir(name.Algorithm())
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return "", fmt.Errorf("blob %s: %w", name, err)
+	}
+	// The rename is the commit point: a file at its final name is a
+	// whole blob whose bytes hashed to that name. Another process may
+	// have renamed the same bytes in already; replacing them is harmless.
+	if err := os.Rename(tmp, final); err != nil {
+		return "", fmt.Errorf("blob %s: publishing %s: %w", name, final, err)
+	}
+	if w.s.durable {
+		if err := layout.SyncDir(dir); err != nil {
+			return "", fmt.Errorf("blob %s: %w", name, err)
+		}
+	}
+	return name, nil
+}
+
+// Close abandons the blob if it was not committed: the temp file is
+// removed and nothing is published. It is safe to call after Commit.
+func (w *Writer) Close() error {
+	if w.done {
+		return nil
+	}
+	w.done = true
+	w.f.Close()
+	if err := os.Remove(w.f.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing %s: %w", w.f.Name(), err)
+	}
+	return nil
+}
