@@ -57,6 +57,7 @@ type Store struct {
 	durable bool
 	log     *slog.Logger
 	now     func() time.Time
+	locks   blobLocks
 }
 
 // Info describes a stored blob, from the file system alone (no hashing).

@@ -1,0 +1,231 @@
+package remotecache
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/cache"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/ocibuild/layercache/pkg/store"
+)
+
+// Cache returns an adapter of s to ggcr's cache.Cache interface, so code
+// that used cache.NewFilesystemCache(dir) swaps one line:
+//
+//	img = cache.Image(img, remotecache.Cache(s))
+//
+// Unlike ggcr's filesystem cache it stores each layer once, compressed and
+// named by its digest, verifies every read before serving it, and never
+// recompresses: Uncompressed decompresses the cached blob. Get by a diff ID
+// gives cache.ErrNotFound, which makes cache.Image fall back to Put of the
+// real layer, whose Uncompressed is then served from the cached compressed
+// blob.
+//
+// ggcr's cache.Cache methods take no context: the adapter uses
+// context.Background() for its store operations.
+func Cache(s *store.Store) cache.Cache {
+	return &cacheAdapter{s: s}
+}
+
+type cacheAdapter struct {
+	s *store.Store
+}
+
+var _ cache.Cache = (*cacheAdapter)(nil)
+
+// Put implements cache.Cache. It returns a layer that serves Compressed
+// from the store when it holds the blob, and otherwise streams the inner
+// layer's bytes to the caller and into the store at once; Uncompressed
+// decompresses that same compressed stream.
+func (c *cacheAdapter) Put(l v1.Layer) (v1.Layer, error) {
+	h, err := l.Digest()
+	if err != nil {
+		return nil, err
+	}
+	d, err := toDigest(h)
+	if err != nil {
+		return nil, err
+	}
+	return &teeLayer{Layer: l, s: c.s, d: d}, nil
+}
+
+// Get implements cache.Cache: a layer of the blob named h if the store
+// holds it, else cache.ErrNotFound. A corrupted blob is removed and
+// reported as not found, so the caller fetches it again.
+func (c *cacheAdapter) Get(h v1.Hash) (v1.Layer, error) {
+	d, err := toDigest(h)
+	if err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	info, err := c.s.Stat(ctx, d)
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCorrupted) {
+		if errors.Is(err, store.ErrCorrupted) {
+			_ = c.s.Delete(ctx, d)
+		}
+		return nil, cache.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return partial.CompressedToLayer(&storedLayer{s: c.s, d: d, h: h, size: info.Size})
+}
+
+// Delete implements cache.Cache.
+func (c *cacheAdapter) Delete(h v1.Hash) error {
+	d, err := toDigest(h)
+	if err != nil {
+		return err
+	}
+	err = c.s.Delete(context.Background(), d)
+	if errors.Is(err, store.ErrNotFound) {
+		return cache.ErrNotFound
+	}
+	return err
+}
+
+// storedLayer is a compressed layer read from the store, verified before
+// the first byte.
+type storedLayer struct {
+	s    *store.Store
+	d    digest.Digest
+	h    v1.Hash
+	size int64
+}
+
+func (l *storedLayer) Digest() (v1.Hash, error) { return l.h, nil }
+func (l *storedLayer) Size() (int64, error)     { return l.size, nil }
+
+func (l *storedLayer) Compressed() (io.ReadCloser, error) {
+	rc, _, err := l.s.OpenVerified(context.Background(), l.d)
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCorrupted) {
+		return nil, fmt.Errorf("layer %s: %w (%v)", l.d, cache.ErrNotFound, err)
+	}
+	return rc, err
+}
+
+// MediaType guesses from the blob's magic bytes: the store keeps no media
+// types.
+func (l *storedLayer) MediaType() (types.MediaType, error) {
+	rc, _, err := l.s.OpenVerified(context.Background(), l.d)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	head, _ := bufio.NewReader(rc).Peek(4)
+	switch {
+	case bytes.HasPrefix(head, zstdMagic):
+		return types.OCILayerZStd, nil
+	case bytes.HasPrefix(head, gzipMagic):
+		return types.DockerLayer, nil
+	default:
+		return types.OCIUncompressedLayer, nil
+	}
+}
+
+// teeLayer is the layer cache.Put returns.
+type teeLayer struct {
+	v1.Layer
+	s *store.Store
+	d digest.Digest
+}
+
+func (l *teeLayer) Compressed() (io.ReadCloser, error) {
+	ctx := context.Background()
+	if rc, _, err := l.s.OpenVerified(ctx, l.d); err == nil {
+		return rc, nil
+	}
+	src, err := l.Layer.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	size, err := l.Layer.Size()
+	if err != nil {
+		size = -1
+	}
+	w, err := l.s.NewWriter(ctx, l.d, size)
+	if err != nil {
+		// A read-only or full cache: serve the layer uncached.
+		return src, nil
+	}
+	return &storeTee{src: src, w: w}, nil
+}
+
+func (l *teeLayer) Uncompressed() (io.ReadCloser, error) {
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	u, err := decompress(rc)
+	if err != nil {
+		rc.Close()
+		return nil, fmt.Errorf("layer %s: %w", l.d, err)
+	}
+	diffID, err := l.Layer.DiffID()
+	if err != nil {
+		u.Close()
+		return nil, err
+	}
+	h, _ := l.Layer.Digest()
+	return newDiffIDReader(u, diffID, h), nil
+}
+
+// Descriptor and Exists forward the inner layer's, so remote.Write keeps
+// its shortcuts. See partial.Descriptor and partial.Exists.
+func (l *teeLayer) Descriptor() (*v1.Descriptor, error) { return partial.Descriptor(l.Layer) }
+func (l *teeLayer) Exists() (bool, error)               { return partial.Exists(l.Layer) }
+
+// storeTee copies what its caller reads into a store Writer (nil: do not
+// store) and commits at a clean end; an error or an early Close abandons
+// the write. done, if set, runs once when the stream ends or is closed.
+type storeTee struct {
+	src  io.ReadCloser
+	w    *store.Writer
+	done func()
+}
+
+func (t *storeTee) Read(p []byte) (int, error) {
+	n, err := t.src.Read(p)
+	if n > 0 && t.w != nil {
+		if _, werr := t.w.Write(p[:n]); werr != nil {
+			t.w.Close()
+			t.w = nil
+		}
+	}
+	if err == io.EOF && t.w != nil {
+		_, cerr := t.w.Commit()
+		t.w = nil
+		if errors.Is(cerr, store.ErrDigestMismatch) {
+			err = cerr
+		}
+	}
+	if err != nil {
+		t.finish()
+	}
+	return n, err
+}
+
+func (t *storeTee) finish() {
+	if t.w != nil {
+		t.w.Close()
+		t.w = nil
+	}
+	if t.done != nil {
+		t.done()
+		t.done = nil
+	}
+}
+
+func (t *storeTee) Close() error {
+	t.finish()
+	return t.src.Close()
+}

@@ -1,0 +1,324 @@
+package remotecache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/pkg/store"
+)
+
+// maxManifestSize bounds manifests and configs read into memory, as
+// registries do (distribution refuses manifests over 4 MiB).
+const maxManifestSize = 8 << 20
+
+// ErrOffline is returned when a blob or a tag is needed from the registry
+// but the operation is offline (WithOffline, or the registry cannot be
+// reached) and the cache does not hold it.
+var ErrOffline = errors.New("not in the cache, and the registry is not used (offline)")
+
+// puller holds what every fetch of one pull needs.
+type puller struct {
+	s       *store.Store
+	o       *options
+	repo    name.Repository
+	offline bool // set by WithOffline, or when the registry could not be reached
+	stats   *counters
+}
+
+func newPuller(s *store.Store, o *options, repo name.Repository) *puller {
+	return &puller{s: s, o: o, repo: repo, offline: o.offline, stats: &counters{}}
+}
+
+// resolve finds the manifest (or index) a reference names, from the cache
+// when it can and from the registry when it must. A digest reference
+// needs no network once cached. A tag asks the registry for its current
+// digest, and falls back to index.json when offline or unreachable.
+func (p *puller) resolve(ctx context.Context, ref name.Reference) (v1.Descriptor, []byte, error) {
+	var d digest.Digest
+	switch r := ref.(type) {
+	case name.Digest:
+		dd, err := digest.Parse(r.DigestStr())
+		if err != nil {
+			return v1.Descriptor{}, nil, fmt.Errorf("%s: %w", ref, store.ErrInvalidDigest)
+		}
+		d = dd
+	default:
+		dd, err := p.resolveTag(ctx, ref)
+		if err != nil {
+			return v1.Descriptor{}, nil, err
+		}
+		d = dd
+	}
+	raw, err := p.manifest(ctx, d)
+	if err != nil {
+		return v1.Descriptor{}, nil, err
+	}
+	return v1.Descriptor{MediaType: sniffMediaType(raw), Digest: toHash(d), Size: int64(len(raw))}, raw, nil
+}
+
+func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (digest.Digest, error) {
+	if !p.offline {
+		desc, err := remote.Head(ref, p.o.remoteOptions()...)
+		if err == nil {
+			return toDigest(desc.Digest)
+		}
+		if !unreachable(err) {
+			return "", fmt.Errorf("resolving %s: %w", ref, err)
+		}
+		cached, rerr := p.s.Resolve(ctx, ref.Name())
+		if rerr != nil {
+			return "", fmt.Errorf("resolving %s: registry unreachable and the tag was never warmed: %w", ref, err)
+		}
+		p.offline = true
+		p.o.warnOnce.warn("offline", "registry unreachable; tag resolved offline from the cache's index.json",
+			"ref", ref.Name(), "digest", cached.Digest, "err", err)
+		return cached.Digest, nil
+	}
+	cached, err := p.s.Resolve(ctx, ref.Name())
+	if err != nil {
+		return "", fmt.Errorf("resolving %s offline: the tag was never warmed into this cache: %w", ref, ErrOffline)
+	}
+	p.o.warnOnce.warn("offline", "tag resolved offline from the cache's index.json", "ref", ref.Name(), "digest", cached.Digest)
+	return cached.Digest, nil
+}
+
+// unreachable reports whether err means the registry could not be
+// reached at all, as opposed to an answer such as 404 or 401.
+func unreachable(err error) bool {
+	var terr *transport.Error
+	return !errors.As(err, &terr) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// manifest returns the manifest or index d, from the store or else from
+// the registry (and then stores it).
+func (p *puller) manifest(ctx context.Context, d digest.Digest) ([]byte, error) {
+	return p.smallBlob(ctx, d, func() ([]byte, error) {
+		desc, err := remote.Get(p.repo.Digest(d.String()), p.o.remoteOptions()...)
+		if err != nil {
+			return nil, err
+		}
+		return desc.Manifest, nil
+	})
+}
+
+// config returns the config blob d, from the store or else from the
+// registry (and then stores it).
+func (p *puller) config(ctx context.Context, d digest.Digest) ([]byte, error) {
+	return p.smallBlob(ctx, d, func() ([]byte, error) {
+		l, err := remote.Layer(p.repo.Digest(d.String()), p.o.remoteOptions()...)
+		if err != nil {
+			return nil, err
+		}
+		rc, err := l.Compressed()
+		if err != nil {
+			return nil, err
+		}
+		defer rc.Close()
+		return io.ReadAll(io.LimitReader(rc, maxManifestSize+1))
+	})
+}
+
+// smallBlob serves a blob that fits in memory (a manifest or a config):
+// from the store, verified, or from fetch, checked against d before it is
+// stored or returned.
+func (p *puller) smallBlob(ctx context.Context, d digest.Digest, fetch func() ([]byte, error)) ([]byte, error) {
+	b, err := p.s.Get(ctx, d)
+	if err == nil {
+		p.stats.hit(int64(len(b)))
+		return b, nil
+	}
+	p.noteStoreReadError(d, err)
+	if p.offline {
+		return nil, fmt.Errorf("blob %s: %w", d, ErrOffline)
+	}
+	b, err = fetch()
+	if err != nil {
+		return nil, fmt.Errorf("fetching %s: %w", p.repo.Digest(d.String()), err)
+	}
+	if len(b) > maxManifestSize {
+		return nil, fmt.Errorf("blob %s: larger than %d bytes; not a manifest or config", d, maxManifestSize)
+	}
+	if got := d.Algorithm().FromBytes(b); got != d {
+		return nil, fmt.Errorf("fetching %s: %w: registry sent %d bytes hashing to %s", d, store.ErrDigestMismatch, len(b), got)
+	}
+	p.stats.miss(int64(len(b)))
+	if err := p.s.PutVerified(ctx, d, int64(len(b)), bytes.NewReader(b)); err != nil {
+		p.noteStoreWriteError(d, err)
+	}
+	return b, nil
+}
+
+// noteStoreReadError logs what a failed store read means for the pull.
+func (p *puller) noteStoreReadError(d digest.Digest, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, store.ErrCorrupted):
+		p.o.logger.Warn("cached blob was corrupted; removed it and fetching it again", "digest", d, "err", err)
+	default:
+		p.o.warnOnce.warn("read", "cannot read the cache; using the registry", "digest", d, "err", err)
+	}
+}
+
+// noteStoreWriteError logs, once per kind, that the cache could not keep
+// a blob. The pull goes on: the cache is an optimisation, never a reason
+// for a build to fail.
+func (p *puller) noteStoreWriteError(d digest.Digest, err error) {
+	switch {
+	case layout.IsReadOnly(err):
+		p.o.warnOnce.warn("readonly", "cache is read-only; serving hits from it and misses from the registry without caching them",
+			"dir", p.s.Dir(), "err", err)
+	case isNoSpace(err):
+		p.o.warnOnce.warn("nospace", "cache disk is full; misses are served from the registry without caching them",
+			"dir", p.s.Dir(), "err", err)
+	default:
+		p.o.warnOnce.warn("write", "cannot write to the cache; misses are served from the registry without caching them",
+			"digest", d, "dir", p.s.Dir(), "err", err)
+	}
+}
+
+// openLayer returns the compressed bytes of the blob d: verified from the
+// store on a hit; on a miss, streamed from the registry to the caller and
+// into the store at once, committed only when the whole blob arrived and
+// matched d. It reports whether the bytes come from the cache.
+//
+// Downloads of one digest are serialised across goroutines and processes
+// by the store's per-digest lock, held until the returned reader is
+// closed: the others wait, then find the blob in the store.
+func (p *puller) openLayer(ctx context.Context, d digest.Digest, size int64) (io.ReadCloser, bool, error) {
+	if rc, err := p.openCached(ctx, d); err == nil {
+		return rc, true, nil
+	}
+	if p.offline {
+		return nil, false, fmt.Errorf("blob %s: %w", d, ErrOffline)
+	}
+	unlock, lerr := p.s.LockBlob(ctx, d)
+	if unlock == nil {
+		return nil, false, fmt.Errorf("blob %s: %w", d, lerr)
+	}
+	if lerr != nil {
+		p.noteStoreWriteError(d, lerr)
+	}
+	// Another goroutine or process may have fetched it while we waited.
+	if rc, err := p.openCached(ctx, d); err == nil {
+		unlock()
+		return rc, true, nil
+	}
+	src, err := p.fetchBlob(d)
+	if err != nil {
+		unlock()
+		return nil, false, err
+	}
+	var w *store.Writer
+	if lerr == nil {
+		w, err = p.s.NewWriter(ctx, d, size)
+		if err != nil {
+			p.noteStoreWriteError(d, err)
+			w = nil
+		}
+	}
+	return &teeReader{p: p, d: d, src: src, w: w, unlock: unlock}, false, nil
+}
+
+// openCached opens d from the store, verified before the first byte, and
+// counts the hit.
+func (p *puller) openCached(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
+	rc, info, err := p.s.OpenVerified(ctx, d)
+	if err != nil {
+		p.noteStoreReadError(d, err)
+		return nil, err
+	}
+	p.stats.hit(info.Size)
+	return rc, nil
+}
+
+// fetchBlob opens d from the registry through ggcr, with its
+// authentication, retries and redirect handling.
+func (p *puller) fetchBlob(d digest.Digest) (io.ReadCloser, error) {
+	l, err := remote.Layer(p.repo.Digest(d.String()), p.o.remoteOptions()...)
+	if err == nil {
+		var rc io.ReadCloser
+		if rc, err = l.Compressed(); err == nil {
+			return rc, nil
+		}
+	}
+	return nil, fmt.Errorf("fetching %s: %w", p.repo.Digest(d.String()), err)
+}
+
+// teeReader streams a registry download to its caller and into a store
+// Writer at once. It commits the blob when the download ends cleanly and
+// the bytes matched; anything else (an error, a short body, a caller that
+// closes early) abandons the temp file.
+type teeReader struct {
+	p      *puller
+	d      digest.Digest
+	src    io.ReadCloser
+	w      *store.Writer // nil once storing was given up
+	unlock func()
+	n      int64
+	done   bool
+}
+
+func (t *teeReader) Read(b []byte) (int, error) {
+	n, err := t.src.Read(b)
+	t.n += int64(n)
+	if n > 0 && t.w != nil {
+		if _, werr := t.w.Write(b[:n]); werr != nil {
+			if errors.Is(werr, store.ErrDigestMismatch) {
+				t.finish()
+				return n, fmt.Errorf("blob %s: registry sent more bytes than the manifest says: %w", t.d, werr)
+			}
+			t.p.noteStoreWriteError(t.d, werr)
+			t.w.Close()
+			t.w = nil
+		}
+	}
+	if err == io.EOF {
+		if t.w != nil {
+			if _, cerr := t.w.Commit(); cerr != nil {
+				t.w = nil
+				t.finish()
+				if errors.Is(cerr, store.ErrDigestMismatch) {
+					return n, fmt.Errorf("blob %s from %s: %w", t.d, t.p.repo, cerr)
+				}
+				t.p.noteStoreWriteError(t.d, cerr)
+				t.p.stats.miss(t.n)
+				return n, io.EOF
+			}
+			t.w = nil
+		}
+		t.p.stats.miss(t.n)
+		t.finish()
+	} else if err != nil {
+		t.finish()
+	}
+	return n, err
+}
+
+// finish abandons any uncommitted write and releases the digest lock.
+func (t *teeReader) finish() {
+	if t.done {
+		return
+	}
+	t.done = true
+	if t.w != nil {
+		t.w.Close()
+		t.w = nil
+	}
+	t.unlock()
+}
+
+func (t *teeReader) Close() error {
+	err := t.src.Close()
+	t.finish()
+	return err
+}

@@ -1,0 +1,218 @@
+package remotecache
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/ocibuild/layercache/pkg/store"
+)
+
+// defaultPlatform is the platform chosen from an index when none is
+// given, as in ggcr's remote.Image.
+var defaultPlatform = v1.Platform{OS: "linux", Architecture: "amd64"}
+
+// Image returns the image ref names, with its manifest, config and layers
+// served from the store s first and from the registry only on a miss.
+// Every read is verified against its digest; a corrupted cached blob is
+// removed and fetched again within the same call. If ref names an image
+// index, the image of the platform (WithPlatform, default linux/amd64) is
+// returned.
+//
+// The manifest is resolved at once; config and layers are read lazily, with
+// the context given by WithContext. The layers are remote.MountableLayer
+// values, so that remote.Write to another repository of the same registry
+// mounts them instead of uploading them.
+func Image(ref name.Reference, s *store.Store, opts ...Option) (v1.Image, error) {
+	o, err := makeOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	p := newPuller(s, o, ref.Context())
+	desc, raw, err := p.resolve(o.ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if desc.MediaType.IsIndex() {
+		return p.platformImage(o.ctx, ref, desc, raw)
+	}
+	return newImage(p, ref, desc, raw)
+}
+
+// platformImage picks the image of the wanted platform from an index.
+func (p *puller) platformImage(ctx context.Context, ref name.Reference, desc v1.Descriptor, raw []byte) (v1.Image, error) {
+	im, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("%s: parsing index %s: %w", ref, desc.Digest, err)
+	}
+	want := defaultPlatform
+	if p.o.platform != nil {
+		want = *p.o.platform
+	}
+	for _, child := range im.Manifests {
+		if !child.MediaType.IsImage() {
+			continue
+		}
+		if child.Platform == nil && p.o.platform != nil {
+			continue
+		}
+		if child.Platform != nil && !child.Platform.Satisfies(want) {
+			continue
+		}
+		return p.childImage(ctx, ref, child)
+	}
+	return nil, fmt.Errorf("%s: no image for platform %s in index %s", ref, want.String(), desc.Digest)
+}
+
+// childImage returns the image a descriptor of an index points at.
+func (p *puller) childImage(ctx context.Context, ref name.Reference, child v1.Descriptor) (v1.Image, error) {
+	d, err := toDigest(child.Digest)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := p.manifest(ctx, d)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", ref, err)
+	}
+	return newImage(p, ref, child, raw)
+}
+
+// image is a v1.Image whose blobs come through the puller.
+type image struct {
+	p        *puller
+	ref      name.Reference
+	desc     v1.Descriptor
+	raw      []byte
+	manifest *v1.Manifest
+
+	cfgOnce sync.Once
+	cfg     []byte
+	cfgErr  error
+	cfgFile *v1.ConfigFile
+}
+
+var (
+	_ v1.Image                  = (*image)(nil)
+	_ partial.Describable       = (*image)(nil)
+	_ partial.WithRawConfigFile = (*image)(nil)
+)
+
+func newImage(p *puller, ref name.Reference, desc v1.Descriptor, raw []byte) (*image, error) {
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("%s: parsing manifest %s: %w", ref, desc.Digest, err)
+	}
+	if desc.MediaType == "" {
+		desc.MediaType = m.MediaType
+	}
+	if desc.MediaType == "" {
+		desc.MediaType = types.OCIManifestSchema1
+	}
+	return &image{p: p, ref: ref, desc: desc, raw: raw, manifest: m}, nil
+}
+
+func (i *image) ctx() context.Context { return i.p.o.ctx }
+
+// RawManifest implements v1.Image.
+func (i *image) RawManifest() ([]byte, error) { return i.raw, nil }
+
+// Manifest implements v1.Image.
+func (i *image) Manifest() (*v1.Manifest, error) { return i.manifest.DeepCopy(), nil }
+
+// MediaType implements v1.Image.
+func (i *image) MediaType() (types.MediaType, error) { return i.desc.MediaType, nil }
+
+// Digest implements v1.Image.
+func (i *image) Digest() (v1.Hash, error) { return i.desc.Digest, nil }
+
+// Size implements v1.Image.
+func (i *image) Size() (int64, error) { return int64(len(i.raw)), nil }
+
+// Descriptor returns the image's descriptor, with its platform when it
+// came from an index. See partial.Descriptor.
+func (i *image) Descriptor() (*v1.Descriptor, error) {
+	d := i.desc
+	return &d, nil
+}
+
+// RawConfigFile implements v1.Image: the config blob, from the store or
+// the registry, verified against the manifest's config digest.
+func (i *image) RawConfigFile() ([]byte, error) {
+	i.cfgOnce.Do(func() {
+		d, err := toDigest(i.manifest.Config.Digest)
+		if err != nil {
+			i.cfgErr = err
+			return
+		}
+		i.cfg, i.cfgErr = i.p.config(i.ctx(), d)
+		if i.cfgErr == nil {
+			i.cfgFile, i.cfgErr = v1.ParseConfigFile(bytes.NewReader(i.cfg))
+			if i.cfgErr != nil {
+				i.cfgErr = fmt.Errorf("%s: parsing config %s: %w", i.ref, d, i.cfgErr)
+			}
+		}
+	})
+	return i.cfg, i.cfgErr
+}
+
+// ConfigFile implements v1.Image.
+func (i *image) ConfigFile() (*v1.ConfigFile, error) {
+	if _, err := i.RawConfigFile(); err != nil {
+		return nil, err
+	}
+	return i.cfgFile.DeepCopy(), nil
+}
+
+// ConfigName implements v1.Image.
+func (i *image) ConfigName() (v1.Hash, error) { return i.manifest.Config.Digest, nil }
+
+// Layers implements v1.Image. Each layer is a *remote.MountableLayer.
+func (i *image) Layers() ([]v1.Layer, error) {
+	out := make([]v1.Layer, 0, len(i.manifest.Layers))
+	for idx := range i.manifest.Layers {
+		out = append(out, i.layerAt(idx))
+	}
+	return out, nil
+}
+
+func (i *image) layerAt(idx int) v1.Layer {
+	return &remote.MountableLayer{
+		Layer:     &layer{img: i, index: idx, desc: i.manifest.Layers[idx]},
+		Reference: i.ref,
+	}
+}
+
+// LayerByDigest implements v1.Image. The config digest gives the config as
+// a layer, as in ggcr.
+func (i *image) LayerByDigest(h v1.Hash) (v1.Layer, error) {
+	for idx, l := range i.manifest.Layers {
+		if l.Digest == h {
+			return i.layerAt(idx), nil
+		}
+	}
+	if h == i.manifest.Config.Digest {
+		return partial.ConfigLayer(i)
+	}
+	return nil, fmt.Errorf("%s: image %s has no layer %s", i.ref, i.desc.Digest, h)
+}
+
+// LayerByDiffID implements v1.Image.
+func (i *image) LayerByDiffID(h v1.Hash) (v1.Layer, error) {
+	cf, err := i.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	for idx, diffID := range cf.RootFS.DiffIDs {
+		if diffID == h && idx < len(i.manifest.Layers) {
+			return i.layerAt(idx), nil
+		}
+	}
+	return nil, fmt.Errorf("%s: image %s has no layer with diff ID %s", i.ref, i.desc.Digest, h)
+}

@@ -1,0 +1,181 @@
+package remotecache
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+)
+
+// ErrDiffIDMismatch is returned at the end of an Uncompressed stream whose
+// bytes do not hash to the layer's diff ID from the image config.
+var ErrDiffIDMismatch = errors.New("uncompressed layer does not match its diff ID")
+
+// layer is one layer of an image, read through the puller: the compressed
+// blob from the store or the registry, and its uncompressed form from
+// decompressing that, never from a second download.
+type layer struct {
+	img   *image
+	index int
+	desc  v1.Descriptor
+}
+
+var (
+	_ v1.Layer = (*layer)(nil)
+)
+
+// Digest implements v1.Layer.
+func (l *layer) Digest() (v1.Hash, error) { return l.desc.Digest, nil }
+
+// Size implements v1.Layer: the compressed size from the manifest.
+func (l *layer) Size() (int64, error) { return l.desc.Size, nil }
+
+// MediaType implements v1.Layer.
+func (l *layer) MediaType() (types.MediaType, error) { return l.desc.MediaType, nil }
+
+// Descriptor keeps the manifest's descriptor (URLs, annotations) for
+// remote.Write. See partial.Descriptor.
+func (l *layer) Descriptor() (*v1.Descriptor, error) {
+	d := l.desc
+	return &d, nil
+}
+
+// DiffID implements v1.Layer, from the image config: no decompression.
+func (l *layer) DiffID() (v1.Hash, error) {
+	cf, err := l.img.ConfigFile()
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	if l.index >= len(cf.RootFS.DiffIDs) {
+		return v1.Hash{}, fmt.Errorf("%s: config has %d diff IDs, no entry for layer %d (%s)",
+			l.img.ref, len(cf.RootFS.DiffIDs), l.index, l.desc.Digest)
+	}
+	return cf.RootFS.DiffIDs[l.index], nil
+}
+
+// Compressed implements v1.Layer: the blob verified from the store, or
+// streamed from the registry into the store at once.
+func (l *layer) Compressed() (io.ReadCloser, error) {
+	d, err := toDigest(l.desc.Digest)
+	if err != nil {
+		return nil, err
+	}
+	rc, _, err := l.img.p.openLayer(l.img.ctx(), d, l.desc.Size)
+	if err != nil {
+		return nil, fmt.Errorf("%s: layer %s: %w", l.img.ref, d, err)
+	}
+	return rc, nil
+}
+
+// Uncompressed implements v1.Layer: it decompresses the compressed blob
+// (gzip or zstd, found from its magic bytes) and checks the result against
+// the diff ID at the end, failing with ErrDiffIDMismatch rather than a
+// clean io.EOF.
+func (l *layer) Uncompressed() (io.ReadCloser, error) {
+	diffID, err := l.DiffID()
+	if err != nil {
+		return nil, err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	u, err := decompress(rc)
+	if err != nil {
+		rc.Close()
+		return nil, fmt.Errorf("%s: layer %s: %w", l.img.ref, l.desc.Digest, err)
+	}
+	return newDiffIDReader(u, diffID, l.desc.Digest), nil
+}
+
+// Magic bytes of the compressions a layer may use.
+var (
+	gzipMagic = []byte{0x1f, 0x8b}
+	zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+)
+
+// decompress returns the uncompressed stream of rc. Closing it closes rc.
+// klauspost/compress decoders are used: they are faster than the standard
+// library's (see the README's performance section).
+func decompress(rc io.ReadCloser) (io.ReadCloser, error) {
+	br := bufio.NewReaderSize(rc, 1<<20)
+	head, err := br.Peek(4)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	switch {
+	case bytes.HasPrefix(head, gzipMagic):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("gzip: %w", err)
+		}
+		return &stackedReader{Reader: zr, closers: []func() error{zr.Close, rc.Close}}, nil
+	case bytes.HasPrefix(head, zstdMagic):
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return nil, fmt.Errorf("zstd: %w", err)
+		}
+		return &stackedReader{Reader: zr, closers: []func() error{func() error { zr.Close(); return nil }, rc.Close}}, nil
+	default:
+		// An uncompressed layer (application/vnd.oci.image.layer.v1.tar).
+		return &stackedReader{Reader: br, closers: []func() error{rc.Close}}, nil
+	}
+}
+
+// stackedReader reads from a decoder and closes the whole stack.
+type stackedReader struct {
+	io.Reader
+	closers []func() error
+}
+
+func (s *stackedReader) Close() error {
+	var first error
+	for _, c := range s.closers {
+		if err := c(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// diffIDReader hashes an uncompressed stream and turns its io.EOF into
+// ErrDiffIDMismatch when the hash is not the diff ID.
+type diffIDReader struct {
+	rc     io.ReadCloser
+	want   v1.Hash
+	digest v1.Hash
+	h      hash.Hash
+	err    error
+}
+
+func newDiffIDReader(rc io.ReadCloser, want, digest v1.Hash) *diffIDReader {
+	return &diffIDReader{rc: rc, want: want, digest: digest, h: sha256.New()}
+}
+
+func (r *diffIDReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	n, err := r.rc.Read(p)
+	r.h.Write(p[:n])
+	if err == io.EOF {
+		got := v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", r.h.Sum(nil))}
+		if r.want.Algorithm != "sha256" || got != r.want {
+			err = fmt.Errorf("layer %s: %w: got %s, want %s", r.digest, ErrDiffIDMismatch, got, r.want)
+		}
+	}
+	if err != nil {
+		r.err = err
+	}
+	return n, err
+}
+
+func (r *diffIDReader) Close() error { return r.rc.Close() }

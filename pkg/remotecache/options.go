@@ -1,0 +1,172 @@
+package remotecache
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Option configures Image, Index and Warm.
+type Option func(*options) error
+
+type options struct {
+	ctx          context.Context
+	remote       []remote.Option
+	platform     *v1.Platform
+	allPlatforms bool
+	offline      bool
+	jobs         int
+	logger       *slog.Logger
+	progress     func(Progress)
+	warnOnce     *warnings
+}
+
+// defaultJobs is how many blobs Warm fetches at once. Four keeps a 2-core
+// machine's hashing busy while it hides registry latency (ggcr's own
+// default for remote.WithJobs is 4 too).
+const defaultJobs = 4
+
+func makeOptions(opts []Option) (*options, error) {
+	o := &options{
+		ctx:    context.Background(),
+		jobs:   defaultJobs,
+		logger: slog.New(slog.DiscardHandler),
+	}
+	for _, opt := range opts {
+		if err := opt(o); err != nil {
+			return nil, err
+		}
+	}
+	if o.offline && len(o.remote) > 0 {
+		// Not an error: the remote options are simply unused. Kept
+		// silent so that a tool can pass both from flags.
+		o.remote = nil
+	}
+	o.warnOnce = &warnings{log: o.logger}
+	return o, nil
+}
+
+// remoteOptions are the options handed to ggcr: the caller's, then the
+// context and platform this package was given, so that those win.
+func (o *options) remoteOptions() []remote.Option {
+	ro := append([]remote.Option{}, o.remote...)
+	ro = append(ro, remote.WithContext(o.ctx))
+	if o.platform != nil {
+		ro = append(ro, remote.WithPlatform(*o.platform))
+	}
+	return ro
+}
+
+// WithRemote passes options through to go-containerregistry's remote
+// package for every registry request: authentication
+// (remote.WithAuthFromKeychain), transport, user agent, retries. Options
+// given here that this package also sets (context, platform) are
+// overridden by WithContext and WithPlatform. The default is ggcr's
+// defaults: anonymous access over remote.DefaultTransport.
+func WithRemote(opts ...remote.Option) Option {
+	return func(o *options) error {
+		o.remote = append(o.remote, opts...)
+		return nil
+	}
+}
+
+// WithOffline never touches the network: tags resolve from index.json,
+// and a blob that is not cached is an error. The default is online, with a
+// fall back to offline resolution when the registry cannot be reached.
+func WithOffline() Option {
+	return func(o *options) error {
+		o.offline = true
+		return nil
+	}
+}
+
+// WithContext sets the context of every operation, including the later
+// calls on the returned image and its layers (RawConfigFile, Compressed,
+// ...), since ggcr's v1.Image methods take none. Warm takes its context as
+// an argument instead. The default is context.Background().
+func WithContext(ctx context.Context) Option {
+	return func(o *options) error {
+		if ctx == nil {
+			return errors.New("remotecache.WithContext: nil context")
+		}
+		o.ctx = ctx
+		return nil
+	}
+}
+
+// WithPlatform selects the image of an image index to use. The default is
+// linux/amd64, as in ggcr.
+func WithPlatform(p v1.Platform) Option {
+	return func(o *options) error {
+		o.platform = &p
+		return nil
+	}
+}
+
+// WithAllPlatforms makes Warm warm every image of an index, not just the
+// one of the platform. The default is one platform.
+func WithAllPlatforms() Option {
+	return func(o *options) error {
+		o.allPlatforms = true
+		return nil
+	}
+}
+
+// WithJobs bounds how many blobs Warm fetches or verifies at once. It must
+// be at least 1. The default is 4.
+func WithJobs(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return errors.New("remotecache.WithJobs: jobs must be at least 1")
+		}
+		o.jobs = n
+		return nil
+	}
+}
+
+// WithLogger sets where warnings (a corrupted blob healed, a read-only or
+// full cache, a tag resolved offline) and debug events go. The default
+// discards them.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) error {
+		if l != nil {
+			o.logger = l
+		}
+		return nil
+	}
+}
+
+// WithProgress reports each blob Warm handles: once when it starts and
+// as its bytes arrive, and once when it is done. fn may be called from
+// several goroutines at once. The default reports nothing.
+func WithProgress(fn func(Progress)) Option {
+	return func(o *options) error {
+		o.progress = fn
+		return nil
+	}
+}
+
+// warnings logs each kind of degradation once per operation, so that a
+// read-only cache gives one warning, not one per blob.
+type warnings struct {
+	log  *slog.Logger
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (w *warnings) warn(kind, msg string, args ...any) {
+	w.mu.Lock()
+	if w.seen == nil {
+		w.seen = map[string]bool{}
+	}
+	first := !w.seen[kind]
+	w.seen[kind] = true
+	w.mu.Unlock()
+	if first {
+		w.log.Warn(msg, args...)
+	}
+}

@@ -1,0 +1,254 @@
+package remotecache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ocibuild/layercache/pkg/store"
+)
+
+// Report says what Warm did. Its JSON field names are stable.
+type Report struct {
+	Ref       string        `json:"ref"`       // the reference warmed, fully qualified
+	Digest    string        `json:"digest"`    // digest of its manifest or index
+	MediaType string        `json:"mediaType"` // media type of that manifest or index
+	Platforms []string      `json:"platforms"` // platforms warmed, for an index
+	Offline   bool          `json:"offline"`   // the tag was resolved from index.json
+	Cached    Tally         `json:"cached"`    // blobs found in the cache, verified
+	Fetched   Tally         `json:"fetched"`   // blobs fetched from the registry
+	Duration  time.Duration `json:"durationNs"`
+}
+
+// Tally counts blobs and their bytes.
+type Tally struct {
+	Blobs int   `json:"blobs"`
+	Bytes int64 `json:"bytes"`
+}
+
+// Progress is one event of Warm's progress callback (WithProgress).
+type Progress struct {
+	Digest   digest.Digest
+	Kind     string // "layer"; manifests and configs are small and not reported
+	Total    int64  // expected size in bytes
+	Complete int64  // bytes done so far
+	Done     bool   // the blob is in the cache (or failed, see Err)
+	Cached   bool   // it was already cached and verified
+	Err      error  // set on the final event of a blob that failed
+}
+
+// Warm makes sure the cache holds every blob of the image ref names: its
+// manifest (and index), config and layers. A blob already cached is
+// verified (re-hashed) and kept; a corrupted one is fetched again; a
+// missing one is fetched from the registry. Layers are handled in
+// parallel (WithJobs). For an index, one platform is warmed (WithPlatform,
+// default linux/amd64), or all of them with WithAllPlatforms.
+//
+// On success, the image is recorded in index.json under ref's full name
+// with the digest of its manifest or index, so that later pulls of the tag
+// can resolve offline. Warm needs a writable cache: a read-only or full
+// cache is an error here, unlike on the pull path.
+func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Option) (Report, error) {
+	start := time.Now()
+	o, err := makeOptions(append(opts, WithContext(ctx)))
+	if err != nil {
+		return Report{}, err
+	}
+	p := newPuller(s, o, ref.Context())
+	rep := Report{Ref: ref.Name()}
+	desc, raw, err := p.resolve(ctx, ref)
+	if err != nil {
+		return rep, err
+	}
+	rep.Digest = desc.Digest.String()
+	rep.MediaType = string(desc.MediaType)
+	rep.Offline = p.offline
+
+	var images []*image
+	if desc.MediaType.IsIndex() {
+		idx, err := newIndex(p, ref, desc, raw)
+		if err != nil {
+			return rep, err
+		}
+		if o.allPlatforms {
+			for _, c := range idx.im.Manifests {
+				if !c.MediaType.IsImage() {
+					continue
+				}
+				img, err := p.childImage(ctx, ref, c)
+				if err != nil {
+					return rep, err
+				}
+				images = append(images, img.(*image))
+			}
+		} else {
+			img, err := p.platformImage(ctx, ref, desc, raw)
+			if err != nil {
+				return rep, err
+			}
+			images = append(images, img.(*image))
+		}
+		for _, img := range images {
+			if img.desc.Platform != nil {
+				rep.Platforms = append(rep.Platforms, img.desc.Platform.String())
+			}
+		}
+	} else {
+		img, err := newImage(p, ref, desc, raw)
+		if err != nil {
+			return rep, err
+		}
+		images = append(images, img)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.jobs)
+	seen := map[v1.Hash]bool{}
+	for _, img := range images {
+		if _, err := img.RawConfigFile(); err != nil {
+			return rep, fmt.Errorf("warm %s: %w", ref, err)
+		}
+		for _, l := range img.manifest.Layers {
+			if seen[l.Digest] {
+				continue // layers shared between platforms are warmed once
+			}
+			seen[l.Digest] = true
+			l := l
+			g.Go(func() error {
+				if err := p.warmLayer(gctx, l); err != nil {
+					return fmt.Errorf("warm %s: layer %s: %w", ref, l.Digest, err)
+				}
+				return nil
+			})
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return rep, err
+	}
+	err = s.Tag(ctx, ref.Name(), ocispec.Descriptor{
+		MediaType: string(desc.MediaType),
+		Digest:    digest.Digest(desc.Digest.String()),
+		Size:      desc.Size,
+	})
+	if err != nil {
+		return rep, fmt.Errorf("warm %s: recording the ref in index.json: %w", ref, err)
+	}
+	rep.Cached.Blobs, rep.Cached.Bytes, rep.Fetched.Blobs, rep.Fetched.Bytes = p.stats.snapshot()
+	rep.Duration = time.Since(start)
+	return rep, nil
+}
+
+// warmLayer makes sure one layer is cached and verified.
+func (p *puller) warmLayer(ctx context.Context, l v1.Descriptor) error {
+	d, err := toDigest(l.Digest)
+	if err != nil {
+		return err
+	}
+	ev := Progress{Digest: d, Kind: "layer", Total: l.Size}
+	p.report(ev)
+	if ok, err := p.verifyCached(ctx, d); ok || err != nil {
+		ev.Complete, ev.Done, ev.Cached, ev.Err = l.Size, true, ok, err
+		p.report(ev)
+		return err
+	}
+	if p.offline {
+		err := fmt.Errorf("blob %s: %w", d, ErrOffline)
+		ev.Done, ev.Err = true, err
+		p.report(ev)
+		return err
+	}
+	cached, err := p.fetchInto(ctx, d, l.Size, func(n int64) {
+		ev.Complete = n
+		p.report(ev)
+	})
+	ev.Complete, ev.Done, ev.Cached, ev.Err = l.Size, true, cached, err
+	p.report(ev)
+	return err
+}
+
+// verifyCached hashes the cached blob d. It reports true if it is cached
+// and whole; a corrupted one is deleted, and a missing one reported as
+// false with no error.
+func (p *puller) verifyCached(ctx context.Context, d digest.Digest) (bool, error) {
+	info, err := p.s.Verify(ctx, d)
+	switch {
+	case err == nil:
+		p.stats.hit(info.Size)
+		return true, nil
+	case errors.Is(err, store.ErrNotFound):
+		return false, nil
+	case errors.Is(err, store.ErrCorrupted):
+		p.o.logger.Warn("cached blob was corrupted; removing it and fetching it again", "digest", d, "err", err)
+		if derr := p.s.Delete(ctx, d); derr != nil && !errors.Is(derr, store.ErrNotFound) {
+			return false, derr
+		}
+		return false, nil
+	default:
+		return false, err
+	}
+}
+
+// fetchInto downloads d into the store under its per-digest lock. It
+// reports true if, once the lock was taken, another goroutine or process
+// had already stored it.
+func (p *puller) fetchInto(ctx context.Context, d digest.Digest, size int64, progress func(int64)) (bool, error) {
+	unlock, err := p.s.LockBlob(ctx, d)
+	if err != nil {
+		if unlock != nil {
+			unlock()
+		}
+		return false, err
+	}
+	defer unlock()
+	if ok, err := p.verifyCached(ctx, d); ok || err != nil {
+		return ok, err
+	}
+	src, err := p.fetchBlob(d)
+	if err != nil {
+		return false, err
+	}
+	defer src.Close()
+	w, err := p.s.NewWriter(ctx, d, size)
+	if err != nil {
+		return false, err
+	}
+	defer w.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return false, err
+			}
+			progress(w.Size())
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return false, rerr
+		}
+	}
+	if _, err := w.Commit(); err != nil {
+		return false, err
+	}
+	p.stats.miss(w.Size())
+	return false, nil
+}
+
+func (p *puller) report(ev Progress) {
+	if p.o.progress != nil {
+		p.o.progress(ev)
+	}
+}
