@@ -117,7 +117,7 @@ func (p Path) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 			return removed, err
 		}
 		name := e.Name()
-		if name == indexLockName {
+		if name == indexLockName || name == statsLockName {
 			continue
 		}
 		fi, err := e.Info()

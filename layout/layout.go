@@ -114,7 +114,7 @@ func Create(dir string) (Path, error) {
 func onlyOurs(entries []fs.DirEntry) bool {
 	for _, e := range entries {
 		switch e.Name() {
-		case IngestDir, BlobsDir, IndexFile:
+		case IngestDir, BlobsDir, IndexFile, StatsFile:
 		default:
 			return false
 		}

@@ -36,7 +36,7 @@ type puller struct {
 }
 
 func newPuller(s *store.Store, o *options, repo name.Repository) *puller {
-	return &puller{s: s, o: o, repo: repo, offline: o.offline, stats: &counters{}}
+	return &puller{s: s, o: o, repo: repo, offline: o.offline, stats: &counters{record: recordTo(o.ctx, s)}}
 }
 
 // resolve finds the manifest (or index) a reference names, from the cache

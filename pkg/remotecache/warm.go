@@ -63,6 +63,7 @@ func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Optio
 		return Report{}, err
 	}
 	p := newPuller(s, o, ref.Context())
+	p.stats.record = nil // recorded once, at the end
 	rep := Report{Ref: ref.Name()}
 	desc, raw, err := p.resolve(ctx, ref)
 	if err != nil {
@@ -142,6 +143,10 @@ func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Optio
 		return rep, fmt.Errorf("warm %s: recording the ref in index.json: %w", ref, err)
 	}
 	rep.Cached.Blobs, rep.Cached.Bytes, rep.Fetched.Blobs, rep.Fetched.Bytes = p.stats.snapshot()
+	recordTo(ctx, s)(store.Stats{
+		Hits: int64(rep.Cached.Blobs), HitBytes: rep.Cached.Bytes,
+		Misses: int64(rep.Fetched.Blobs), MissBytes: rep.Fetched.Bytes,
+	})
 	rep.Duration = time.Since(start)
 	return rep, nil
 }

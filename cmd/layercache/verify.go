@@ -1,0 +1,150 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/spf13/cobra"
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ocibuild/layercache/pkg/store"
+)
+
+// verifyJSON is the stable schema of `layercache verify --json`.
+type verifyJSON struct {
+	Blobs     int           `json:"blobs"`     // blobs checked
+	Bytes     int64         `json:"bytes"`     // bytes hashed
+	Corrupted []corruptJSON `json:"corrupted"` // blobs that failed
+	Repaired  bool          `json:"repaired"`  // failed blobs were removed
+	Refs      []string      `json:"droppedRefs"`
+}
+
+type corruptJSON struct {
+	Digest string `json:"digest"`
+	Error  string `json:"error"`
+}
+
+func newVerifyCmd(g *globals) *cobra.Command {
+	var (
+		repair bool
+		jobs   int
+	)
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Re-hash every cached blob and report corrupted ones",
+		Long: `Re-hash every blob in the cache, several at once, and report those whose bytes
+no longer match their digest. Without --repair, corrupted blobs are left in
+place and the exit status is 1 if any were found. With --repair they are
+removed (the next warm or pull fetches them again), refs whose manifest went
+with them are dropped, and the exit status is 0.`,
+		Example: `  # In CI, after restoring the cache
+  layercache verify --repair`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if jobs < 1 {
+				return usagef("--jobs must be at least 1, got %d", jobs)
+			}
+			ctx := cmd.Context()
+			s, err := g.openStore()
+			if err != nil {
+				return err
+			}
+			var blobs []store.Info
+			var total int64
+			if err := s.Walk(ctx, func(i store.Info) error {
+				blobs = append(blobs, i)
+				total += i.Size
+				return nil
+			}); err != nil {
+				return err
+			}
+			var bar *mpb.Bar
+			var prog *mpb.Progress
+			if !g.json && isTerminal(g.stderr) {
+				prog = mpb.New(mpb.WithOutput(g.stderr), mpb.WithWidth(40))
+				bar = prog.New(total, mpb.BarStyle(),
+					mpb.PrependDecorators(decor.Name("verify"), decor.CountersNoUnit(" %d/%d blobs", decor.WCSyncSpace)),
+					mpb.AppendDecorators(decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")))
+			}
+			out := verifyJSON{Corrupted: []corruptJSON{}, Refs: []string{}}
+			var mu sync.Mutex
+			var done atomic.Int64
+			eg, ectx := errgroup.WithContext(ctx)
+			eg.SetLimit(jobs)
+			for _, b := range blobs {
+				eg.Go(func() error {
+					_, err := s.Verify(ectx, b.Digest)
+					if bar != nil {
+						bar.IncrInt64(b.Size)
+					}
+					done.Add(1)
+					switch {
+					case err == nil, errors.Is(err, store.ErrNotFound):
+						return nil // removed meanwhile by another process: fine
+					case errors.Is(err, store.ErrCorrupted):
+						mu.Lock()
+						out.Corrupted = append(out.Corrupted, corruptJSON{Digest: b.Digest.String(), Error: err.Error()})
+						mu.Unlock()
+						return nil
+					default:
+						return err
+					}
+				})
+			}
+			err = eg.Wait()
+			if prog != nil {
+				bar.SetTotal(total, true)
+				prog.Wait()
+			}
+			if err != nil {
+				return err
+			}
+			out.Blobs, out.Bytes = len(blobs), total
+			if repair && len(out.Corrupted) > 0 {
+				for _, c := range out.Corrupted {
+					if err := s.Delete(ctx, digestOf(c.Digest)); err != nil && !errors.Is(err, store.ErrNotFound) {
+						return err
+					}
+				}
+				rep, err := s.Prune(ctx, store.Policy{})
+				if err != nil {
+					return err
+				}
+				out.Refs = append(out.Refs, rep.DroppedRefs...)
+				out.Repaired = true
+			}
+			if g.json {
+				if err := g.printJSON(out); err != nil {
+					return err
+				}
+			} else {
+				for _, c := range out.Corrupted {
+					fmt.Fprintf(g.stdout, "corrupted: %s\n", c.Error)
+				}
+				for _, r := range out.Refs {
+					fmt.Fprintf(g.stdout, "dropped ref: %s\n", r)
+				}
+				switch {
+				case len(out.Corrupted) == 0:
+					fmt.Fprintf(g.stdout, "verified %d blobs (%s): all good\n", out.Blobs, humanBytes(out.Bytes))
+				case repair:
+					fmt.Fprintf(g.stdout, "verified %d blobs (%s): removed %d corrupted\n", out.Blobs, humanBytes(out.Bytes), len(out.Corrupted))
+				default:
+					fmt.Fprintf(g.stdout, "verified %d blobs (%s): %d corrupted; run `layercache verify --repair` to remove them\n", out.Blobs, humanBytes(out.Bytes), len(out.Corrupted))
+				}
+			}
+			if len(out.Corrupted) > 0 && !repair {
+				return exitError{exitFail}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&repair, "repair", false, "remove corrupted blobs (and refs whose manifest they were)")
+	cmd.Flags().IntVarP(&jobs, "jobs", "j", runtime.GOMAXPROCS(0), "blobs to hash at once")
+	return cmd
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/spf13/cobra"
+
+	"github.com/ocibuild/layercache/pkg/remotecache"
+)
+
+// warmJSON is the stable schema of `layercache warm --json`.
+type warmJSON struct {
+	Images   []remotecache.Report `json:"images"`
+	Cached   remotecache.Tally    `json:"cached"`
+	Fetched  remotecache.Tally    `json:"fetched"`
+	Duration time.Duration        `json:"durationNs"`
+}
+
+func newWarmCmd(g *globals) *cobra.Command {
+	var (
+		platform     string
+		allPlatforms bool
+		jobs         int
+		insecure     bool
+		offline      bool
+	)
+	cmd := &cobra.Command{
+		Use:   "warm IMAGE...",
+		Short: "Pull images' manifests, configs and layers into the cache",
+		Long: `Make sure the cache holds every blob of each IMAGE: its manifest (and index),
+config and layers. Cached blobs are re-hashed and kept; corrupted ones are
+fetched again; missing ones are fetched from the registry, several at once.
+Each image is then recorded in the cache's index.json under its reference, so
+later pulls can resolve the tag offline.
+
+Credentials come from the Docker config, as with crane and docker.`,
+		Example: `  # Warm a base image before a build
+  layercache warm cgr.dev/chainguard/static:latest
+
+  # Every platform of a multi-platform image
+  layercache warm --all-platforms golang:1.26
+
+  # One platform, from a local registry over plain HTTP
+  layercache warm --platform linux/arm64 --insecure registry.local:5000/base:1`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef("warm needs at least one IMAGE")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if platform != "" && allPlatforms {
+				return usagef("--platform and --all-platforms cannot be used together")
+			}
+			if jobs < 1 {
+				return usagef("--jobs must be at least 1, got %d", jobs)
+			}
+			var nameOpts []name.Option
+			if insecure {
+				nameOpts = append(nameOpts, name.Insecure)
+			}
+			refs := make([]name.Reference, 0, len(args))
+			for _, a := range args {
+				ref, err := name.ParseReference(a, nameOpts...)
+				if err != nil {
+					return usagef("parsing reference %q: %w", a, err)
+				}
+				refs = append(refs, ref)
+			}
+			opts := []remotecache.Option{
+				remotecache.WithRemote(remote.WithAuthFromKeychain(authn.DefaultKeychain), remote.WithUserAgent("layercache")),
+				remotecache.WithJobs(jobs),
+				remotecache.WithLogger(g.log),
+			}
+			if platform != "" {
+				p, err := v1.ParsePlatform(platform)
+				if err != nil {
+					return usagef("--platform %q: %w", platform, err)
+				}
+				opts = append(opts, remotecache.WithPlatform(*p))
+			}
+			if allPlatforms {
+				opts = append(opts, remotecache.WithAllPlatforms())
+			}
+			if offline {
+				opts = append(opts, remotecache.WithOffline())
+			}
+			s, err := g.openStore()
+			if err != nil {
+				return err
+			}
+			start := time.Now()
+			var out warmJSON
+			var errs []error
+			for _, ref := range refs {
+				prog := newProgress(g.stderr, !g.json && isTerminal(g.stderr))
+				rep, err := remotecache.Warm(cmd.Context(), ref, s, append(opts, remotecache.WithProgress(prog.event))...)
+				prog.wait()
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				out.Images = append(out.Images, rep)
+				out.Cached.Blobs += rep.Cached.Blobs
+				out.Cached.Bytes += rep.Cached.Bytes
+				out.Fetched.Blobs += rep.Fetched.Blobs
+				out.Fetched.Bytes += rep.Fetched.Bytes
+				if !g.json {
+					fmt.Fprintf(g.stdout, "%s@%s: %s\n", ref.Context().Name(), rep.Digest, summary(rep.Cached, rep.Fetched, rep.Duration, rep.Platforms))
+				}
+			}
+			out.Duration = time.Since(start)
+			if g.json {
+				if err := g.printJSON(out); err != nil {
+					return err
+				}
+			} else if len(refs) > 1 {
+				fmt.Fprintf(g.stdout, "total: %s\n", summary(out.Cached, out.Fetched, out.Duration, nil))
+			}
+			return errors.Join(errs...)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&platform, "platform", "", "platform to warm from an image index, os/arch[/variant] (default linux/amd64)")
+	f.BoolVar(&allPlatforms, "all-platforms", false, "warm every platform of an image index")
+	f.IntVarP(&jobs, "jobs", "j", 4, "blobs to fetch or verify at once")
+	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the registry")
+	f.BoolVar(&offline, "offline", false, "use only the cache: resolve tags from index.json, fetch nothing")
+	return cmd
+}
+
+// summary says where the blobs came from and how long it took.
+func summary(cached, fetched remotecache.Tally, d time.Duration, platforms []string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d blobs (%s) from the cache, %d blobs (%s) from the registry, in %s",
+		cached.Blobs, humanBytes(cached.Bytes), fetched.Blobs, humanBytes(fetched.Bytes), d.Round(time.Millisecond))
+	if len(platforms) > 0 {
+		fmt.Fprintf(&b, " [%s]", strings.Join(platforms, ", "))
+	}
+	return b.String()
+}

@@ -1,0 +1,74 @@
+package layout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+)
+
+// StatsFile holds the hit and miss counters that pulls record. It is not
+// part of the OCI image layout; tools that read the layout ignore it.
+const StatsFile = "layercache-stats.json"
+
+// statsLockName, like the index lock, is never swept.
+const statsLockName = StatsFile + lockSuffix
+
+// maxStatsSize bounds what ReadStats loads; the file is a few hundred bytes.
+const maxStatsSize = 1 << 20
+
+// ReadStats returns the contents of the stats file, or nil if there is
+// none. It takes no lock: the file is only replaced by rename.
+func (p Path) ReadStats() ([]byte, error) {
+	f, err := os.Open(p.Join(StatsFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", p.Join(StatsFile), err)
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, maxStatsSize))
+}
+
+// UpdateStats rewrites the stats file under its lock: fn gets the current
+// contents (nil if none) and returns the new ones. Concurrent processes are
+// serialised, so counters they add up are never lost. Unlike index.json
+// the file is not fsynced: counters are advice, not data.
+func (p Path) UpdateStats(ctx context.Context, fn func(old []byte) ([]byte, error)) error {
+	l, err := p.lock(ctx, statsLockName)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	old, err := p.ReadStats()
+	if err != nil {
+		return err
+	}
+	b, err := fn(old)
+	if err != nil {
+		return err
+	}
+	f, err := p.CreateTemp(StatsFile + ".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, 0o644)
+	}
+	if err == nil {
+		err = os.Rename(tmp, p.Join(StatsFile))
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", p.Join(StatsFile), err)
+	}
+	return nil
+}
