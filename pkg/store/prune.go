@@ -55,6 +55,12 @@ func (s *Store) Prune(ctx context.Context, p Policy) (PruneReport, error) {
 		if !all[i].LastUsed.Equal(all[j].LastUsed) {
 			return all[i].LastUsed.Before(all[j].LastUsed)
 		}
+		// Among blobs used at the same time (an image warmed at once),
+		// evict the largest first: dropping a layer frees space, while
+		// dropping a tiny manifest frees nothing and loses the ref.
+		if all[i].Size != all[j].Size {
+			return all[i].Size > all[j].Size
+		}
 		return all[i].Digest < all[j].Digest
 	})
 	var total int64

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocibuild/layercache/layout"
 )
 
 // RefAnnotation is the annotation of index.json entries that holds the
@@ -48,10 +50,17 @@ func (s *Store) Resolve(ctx context.Context, name string) (ocispec.Descriptor, e
 
 // Tag records desc in index.json under the ref name, replacing any entry
 // with the same name. Concurrent Tag calls from many processes each keep
-// their entry: the rewrite happens under the index lock.
+// their entry: the rewrite happens under the index lock. A descriptor whose
+// digest does not validate gives ErrInvalidDigest and leaves index.json as
+// it was.
 func (s *Store) Tag(ctx context.Context, name string, desc ocispec.Descriptor) error {
 	if name == "" {
 		return fmt.Errorf("tag %s: empty ref name", desc.Digest)
+	}
+	// ReadIndex refuses an index holding an invalid digest (ErrBadIndex),
+	// and the next UpdateIndex would replace it, losing every other ref.
+	if err := layout.Validate(desc.Digest); err != nil {
+		return fmt.Errorf("tag %s: %w", name, err)
 	}
 	ann := map[string]string{}
 	for k, v := range desc.Annotations {
