@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -33,6 +34,18 @@ type puller struct {
 	repo    name.Repository
 	offline bool // set by WithOffline, or when the registry could not be reached
 	stats   *counters
+
+	rpOnce sync.Once
+	rp     *remote.Puller // shared by every request of the pull, so ggcr pings and authenticates once
+	rpErr  error
+}
+
+// remote returns the ggcr puller of this pull.
+func (p *puller) remote() (*remote.Puller, error) {
+	p.rpOnce.Do(func() {
+		p.rp, p.rpErr = remote.NewPuller(p.o.remoteOptions()...)
+	})
+	return p.rp, p.rpErr
 }
 
 func newPuller(s *store.Store, o *options, repo name.Repository) *puller {
@@ -68,7 +81,11 @@ func (p *puller) resolve(ctx context.Context, ref name.Reference) (v1.Descriptor
 
 func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (digest.Digest, error) {
 	if !p.offline {
-		desc, err := remote.Head(ref, p.o.remoteOptions()...)
+		rp, err := p.remote()
+		if err != nil {
+			return "", err
+		}
+		desc, err := rp.Head(ctx, ref)
 		if err == nil {
 			return toDigest(desc.Digest)
 		}
@@ -103,7 +120,11 @@ func unreachable(err error) bool {
 // the registry (and then stores it).
 func (p *puller) manifest(ctx context.Context, d digest.Digest) ([]byte, error) {
 	return p.smallBlob(ctx, d, func() ([]byte, error) {
-		desc, err := remote.Get(p.repo.Digest(d.String()), p.o.remoteOptions()...)
+		rp, err := p.remote()
+		if err != nil {
+			return nil, err
+		}
+		desc, err := rp.Get(ctx, p.repo.Digest(d.String()))
 		if err != nil {
 			return nil, err
 		}
@@ -115,11 +136,8 @@ func (p *puller) manifest(ctx context.Context, d digest.Digest) ([]byte, error) 
 // registry (and then stores it).
 func (p *puller) config(ctx context.Context, d digest.Digest) ([]byte, error) {
 	return p.smallBlob(ctx, d, func() ([]byte, error) {
-		l, err := remote.Layer(p.repo.Digest(d.String()), p.o.remoteOptions()...)
-		if err != nil {
-			return nil, err
-		}
-		rc, err := l.Compressed()
+		// smallBlob checks the digest of what this returns.
+		rc, _, err := p.fetchBlob(ctx, d)
 		if err != nil {
 			return nil, err
 		}
@@ -213,20 +231,23 @@ func (p *puller) openLayer(ctx context.Context, d digest.Digest, size int64) (io
 		unlock()
 		return rc, true, nil
 	}
-	src, err := p.fetchBlob(d)
+	src, raw, err := p.fetchBlob(ctx, d)
 	if err != nil {
 		unlock()
 		return nil, false, err
 	}
-	var w *store.Writer
+	t := &teeReader{p: p, d: d, size: size, src: src, unlock: unlock}
 	if lerr == nil {
-		w, err = p.s.NewWriter(ctx, d, size)
-		if err != nil {
+		if t.w, err = p.s.NewWriter(ctx, d, size); err != nil {
 			p.noteStoreWriteError(d, err)
-			w = nil
+			t.w = nil
 		}
 	}
-	return &teeReader{p: p, d: d, src: src, w: w, unlock: unlock}, false, nil
+	if t.w == nil && raw {
+		// Nothing hashes a raw body but us: verify it on the way.
+		t.v = d.Verifier()
+	}
+	return t, false, nil
 }
 
 // openCached opens d from the store, verified before the first byte, and
@@ -242,66 +263,105 @@ func (p *puller) openCached(ctx context.Context, d digest.Digest) (io.ReadCloser
 }
 
 // fetchBlob opens d from the registry through ggcr, with its
-// authentication, retries and redirect handling.
-func (p *puller) fetchBlob(d digest.Digest) (io.ReadCloser, error) {
-	l, err := remote.Layer(p.repo.Digest(d.String()), p.o.remoteOptions()...)
-	if err == nil {
-		var rc io.ReadCloser
-		if rc, err = l.Compressed(); err == nil {
-			return rc, nil
-		}
+// authentication, retries and redirect handling. raw reports that the body
+// came through the hand-off (see handoff.go) and is not verified yet: the
+// caller must hash it. Otherwise it is ggcr's verifying reader.
+func (p *puller) fetchBlob(ctx context.Context, d digest.Digest) (rc io.ReadCloser, raw bool, err error) {
+	rp, err := p.remote()
+	if err != nil {
+		return nil, false, err
 	}
-	return nil, fmt.Errorf("fetching %s: %w", p.repo.Digest(d.String()), err)
+	hctx, h := withHandoff(ctx, d)
+	l, err := rp.Layer(hctx, p.repo.Digest(d.String()))
+	if err == nil {
+		rc, err = l.Compressed()
+	}
+	if resp := h.take(); resp != nil {
+		if rc != nil {
+			rc.Close()
+		}
+		p.o.logger.Debug("fetching blob, hashed once by the cache", "digest", d, "size", resp.ContentLength)
+		return resp.Body, true, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("fetching %s: %w", p.repo.Digest(d.String()), err)
+	}
+	p.o.logger.Debug("fetching blob through ggcr's verifying reader (custom transport)", "digest", d)
+	return rc, false, nil
 }
 
 // teeReader streams a registry download to its caller and into a store
 // Writer at once. It commits the blob when the download ends cleanly and
 // the bytes matched; anything else (an error, a short body, a caller that
-// closes early) abandons the temp file.
+// closes early) abandons the temp file. The Writer's hash is the only one
+// over a raw body; when there is no Writer (a read-only cache), v is.
 type teeReader struct {
 	p      *puller
 	d      digest.Digest
+	size   int64
 	src    io.ReadCloser
-	w      *store.Writer // nil once storing was given up
+	w      *store.Writer   // nil if the cache cannot be written
+	v      digest.Verifier // set when w is nil and the body is raw
 	unlock func()
 	n      int64
+	werr   bool // storing failed; w only hashes now
 	done   bool
 }
 
 func (t *teeReader) Read(b []byte) (int, error) {
 	n, err := t.src.Read(b)
 	t.n += int64(n)
-	if n > 0 && t.w != nil {
-		if _, werr := t.w.Write(b[:n]); werr != nil {
-			if errors.Is(werr, store.ErrDigestMismatch) {
-				t.finish()
-				return n, fmt.Errorf("blob %s: registry sent more bytes than the manifest says: %w", t.d, werr)
+	if n > 0 {
+		switch {
+		case t.w != nil:
+			if _, werr := t.w.Write(b[:n]); werr != nil {
+				if errors.Is(werr, store.ErrDigestMismatch) {
+					t.finish()
+					return n, fmt.Errorf("blob %s from %s: registry sent more than the %d bytes the manifest says: %w", t.d, t.p.repo, t.size, store.ErrDigestMismatch)
+				}
+				if !t.werr {
+					t.werr = true
+					t.p.noteStoreWriteError(t.d, werr)
+				}
 			}
-			t.p.noteStoreWriteError(t.d, werr)
-			t.w.Close()
-			t.w = nil
+		case t.v != nil:
+			t.v.Write(b[:n])
 		}
 	}
 	if err == io.EOF {
-		if t.w != nil {
-			if _, cerr := t.w.Commit(); cerr != nil {
-				t.w = nil
-				t.finish()
-				if errors.Is(cerr, store.ErrDigestMismatch) {
-					return n, fmt.Errorf("blob %s from %s: %w", t.d, t.p.repo, cerr)
-				}
-				t.p.noteStoreWriteError(t.d, cerr)
-				t.p.stats.miss(t.n)
-				return n, io.EOF
-			}
-			t.w = nil
+		if verr := t.end(); verr != nil {
+			return n, verr
 		}
-		t.p.stats.miss(t.n)
-		t.finish()
 	} else if err != nil {
 		t.finish()
 	}
 	return n, err
+}
+
+// end checks a download that reached EOF and commits it. An error means
+// the bytes were wrong and the caller must not trust them.
+func (t *teeReader) end() error {
+	defer t.finish()
+	wrong := func(got string) error {
+		return fmt.Errorf("blob %s from %s: %w: registry sent %d bytes hashing to %s", t.d, t.p.repo, store.ErrDigestMismatch, t.n, got)
+	}
+	switch {
+	case t.w != nil:
+		if got := t.w.Digest(); got != t.d || (t.size >= 0 && t.n != t.size) {
+			return wrong(got.String())
+		}
+		w := t.w
+		t.w = nil
+		if _, err := w.Commit(); err != nil && !t.werr {
+			t.p.noteStoreWriteError(t.d, err)
+		}
+	case t.v != nil:
+		if !t.v.Verified() || (t.size >= 0 && t.n != t.size) {
+			return wrong("another digest")
+		}
+	}
+	t.p.stats.miss(t.n)
+	return nil
 }
 
 // finish abandons any uncommitted write and releases the digest lock.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -15,6 +16,7 @@ type Option func(*options) error
 
 type options struct {
 	ctx          context.Context
+	transport    http.RoundTripper
 	remote       []remote.Option
 	platform     *v1.Platform
 	allPlatforms bool
@@ -32,9 +34,10 @@ const defaultJobs = 4
 
 func makeOptions(opts []Option) (*options, error) {
 	o := &options{
-		ctx:    context.Background(),
-		jobs:   defaultJobs,
-		logger: slog.New(slog.DiscardHandler),
+		ctx:       context.Background(),
+		transport: remote.DefaultTransport,
+		jobs:      defaultJobs,
+		logger:    slog.New(slog.DiscardHandler),
 	}
 	for _, opt := range opts {
 		if err := opt(o); err != nil {
@@ -50,10 +53,13 @@ func makeOptions(opts []Option) (*options, error) {
 	return o, nil
 }
 
-// remoteOptions are the options handed to ggcr: the caller's, then the
-// context and platform this package was given, so that those win.
+// remoteOptions are the options handed to ggcr: the hand-off transport
+// (see handoff.go) first, so that a transport in the caller's options
+// replaces it; then the caller's; then the context and platform this
+// package was given, so that those win.
 func (o *options) remoteOptions() []remote.Option {
-	ro := append([]remote.Option{}, o.remote...)
+	ro := []remote.Option{remote.WithTransport(&handoffTransport{base: o.transport})}
+	ro = append(ro, o.remote...)
 	ro = append(ro, remote.WithContext(o.ctx))
 	if o.platform != nil {
 		ro = append(ro, remote.WithPlatform(*o.platform))
@@ -70,6 +76,21 @@ func (o *options) remoteOptions() []remote.Option {
 func WithRemote(opts ...remote.Option) Option {
 	return func(o *options) error {
 		o.remote = append(o.remote, opts...)
+		return nil
+	}
+}
+
+// WithTransport sets the HTTP transport under ggcr's authentication and
+// retries, for proxies, custom TLS or test servers. Prefer it to passing
+// remote.WithTransport through WithRemote: that works too, but then each
+// byte of a download is hashed twice (by ggcr and by the cache) instead of
+// once. The default is remote.DefaultTransport.
+func WithTransport(t http.RoundTripper) Option {
+	return func(o *options) error {
+		if t == nil {
+			return errors.New("remotecache.WithTransport: nil transport")
+		}
+		o.transport = t
 		return nil
 	}
 }

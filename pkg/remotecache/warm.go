@@ -216,7 +216,9 @@ func (p *puller) fetchInto(ctx context.Context, d digest.Digest, size int64, pro
 	if ok, err := p.verifyCached(ctx, d); ok || err != nil {
 		return ok, err
 	}
-	src, err := p.fetchBlob(d)
+	// The store Writer's hash verifies a raw body; ggcr's reader
+	// verifies itself otherwise. Commit checks both ways.
+	src, _, err := p.fetchBlob(ctx, d)
 	if err != nil {
 		return false, err
 	}

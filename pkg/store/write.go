@@ -124,10 +124,12 @@ func (s *Store) NewWriter(ctx context.Context, expected digest.Digest, size int6
 
 // Write writes p to the temp file and the hash. Writing more than the
 // expected size fails at once with ErrDigestMismatch.
+//
+// Once writing the file failed (a full disk, say), Write keeps hashing
+// what it is given and returns that error every time: Commit will fail,
+// but Digest still tells a caller that streams the same bytes elsewhere
+// whether they were right, with no second hash.
 func (w *Writer) Write(p []byte) (int, error) {
-	if w.err != nil {
-		return 0, w.err
-	}
 	if w.done {
 		return 0, errors.New("write to a committed or closed blob writer")
 	}
@@ -135,12 +137,17 @@ func (w *Writer) Write(p []byte) (int, error) {
 		w.err = fmt.Errorf("blob %s: %w: more than the expected %d bytes", w.expected, ErrDigestMismatch, w.size)
 		return 0, w.err
 	}
+	if w.err != nil {
+		w.h.Write(p)
+		w.n += int64(len(p))
+		return len(p), w.err
+	}
 	n, err := w.f.Write(p)
-	w.h.Write(p[:n])
-	w.n += int64(n)
+	w.h.Write(p)
+	w.n += int64(len(p))
 	if err != nil {
 		w.err = fmt.Errorf("writing %s: %w", w.f.Name(), err)
-		return n, w.err
+		return len(p), w.err
 	}
 	return n, nil
 }

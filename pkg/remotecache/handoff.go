@@ -1,0 +1,94 @@
+package remotecache
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Hashing each byte once on a miss.
+//
+// ggcr's blob readers verify the digest themselves, and the store's Writer
+// hashes what it stores: reading a blob through ggcr into the store would
+// hash every byte twice, which costs more than the download over a fast
+// network. So remotecache installs handoffTransport as the innermost
+// transport of ggcr's client: ggcr still does authentication, retries of
+// failed requests, redirects and error handling, but when the final 200
+// response of the blob GET that remotecache asked for arrives, the
+// transport hands its body to remotecache and gives ggcr an error instead.
+// remotecache then streams the raw body to its caller and the store, and
+// the store's hasher alone verifies it.
+//
+// If the caller replaces the transport (remote.WithTransport inside
+// WithRemote), the hand-off never happens and ggcr's verified reader is
+// used: correct, with one extra hash. WithTransport keeps the hand-off.
+
+// errHandedOff is what ggcr sees for a blob response remotecache took.
+var errHandedOff = errors.New("remotecache: blob response handed to the cache")
+
+type handoffKey struct{}
+
+// handoff receives the blob response of one fetch.
+type handoff struct {
+	d    digest.Digest
+	mu   sync.Mutex
+	resp *http.Response
+}
+
+func (h *handoff) take() *http.Response {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.resp
+	h.resp = nil
+	return r
+}
+
+// withHandoff returns a context under which a GET of blob d is handed off.
+func withHandoff(ctx context.Context, d digest.Digest) (context.Context, *handoff) {
+	h := &handoff{d: d}
+	return context.WithValue(ctx, handoffKey{}, h), h
+}
+
+// handoffTransport is the innermost transport of the ggcr clients
+// remotecache makes.
+type handoffTransport struct {
+	base http.RoundTripper
+}
+
+func (t *handoffTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(req)
+	if err != nil || resp.StatusCode != http.StatusOK || req.Method != http.MethodGet {
+		return resp, err
+	}
+	h, _ := req.Context().Value(handoffKey{}).(*handoff)
+	if h == nil || !isBlobGet(req, h.d) {
+		return resp, nil
+	}
+	h.mu.Lock()
+	if h.resp != nil {
+		// A retry produced a second response: keep the newest.
+		h.resp.Body.Close()
+	}
+	h.resp = resp
+	h.mu.Unlock()
+	return nil, errHandedOff
+}
+
+// isBlobGet reports whether req fetches blob d: the registry's blob URL,
+// or a redirect that started there (blob storage).
+func isBlobGet(req *http.Request, d digest.Digest) bool {
+	for r := req; r != nil; {
+		if strings.HasSuffix(r.URL.Path, "/blobs/"+d.String()) {
+			return true
+		}
+		if r.Response == nil {
+			return false
+		}
+		r = r.Response.Request
+	}
+	return false
+}
