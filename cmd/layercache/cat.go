@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/pkg/store"
 )
 
 func newCatCmd(g *globals) *cobra.Command {
@@ -24,7 +25,14 @@ and exits with status 1.`,
 			if err := layout.Validate(d); err != nil {
 				return usageError{err}
 			}
-			s, err := g.openStore()
+			// The error of a corrupted blob is the one line to print:
+			// the store's warning that it removed the blob would be a
+			// second (still shown with --verbose).
+			var opts []store.Option
+			if !g.verbose {
+				opts = append(opts, store.WithLogger(nil))
+			}
+			s, err := g.openStore(opts...)
 			if err != nil {
 				return err
 			}

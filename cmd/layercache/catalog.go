@@ -69,7 +69,7 @@ func (c *catalog) walk(ctx context.Context, s *store.Store, desc ocispec.Descrip
 	if !mt.IsIndex() && !mt.IsImage() {
 		return
 	}
-	raw, err := s.Get(ctx, desc.Digest)
+	raw, err := s.Inspect(ctx, desc.Digest)
 	if err != nil {
 		e.Complete = false
 		return
@@ -99,7 +99,7 @@ func (c *catalog) walk(ctx context.Context, s *store.Store, desc ocispec.Descrip
 	if cinfo, err := s.Stat(ctx, digest.Digest(m.Config.Digest.String())); err == nil {
 		e.Size += cinfo.Size
 		if len(e.Platforms) == 0 || desc.Platform == nil {
-			if raw, err := s.Get(ctx, digest.Digest(m.Config.Digest.String())); err == nil {
+			if raw, err := s.Inspect(ctx, digest.Digest(m.Config.Digest.String())); err == nil {
 				if cf, err := v1.ParseConfigFile(bytes.NewReader(raw)); err == nil && cf.OS != "" && !contains(e.Platforms, cf.Platform().String()) {
 					e.Platforms = append(e.Platforms, cf.Platform().String())
 				}

@@ -58,6 +58,9 @@ Last use is refreshed at most hourly, which is as precise as eviction gets.`,
 				if err != nil {
 					return usagef("--max-age: %w", err)
 				}
+				if d == 0 {
+					return usagef("--max-age 0 would evict everything; use `layercache clear`")
+				}
 				p.MaxAge = d
 			}
 			p.DryRun = dryRun

@@ -71,11 +71,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if errors.As(err, &ee) {
 		return ee.code
 	}
-	// One line: the error chain, then what to do about it.
+	// One line: the error chain, then what to do about it. Joined errors
+	// (warm of several images) print one per line: keep them on this one.
+	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
 	if h := hint(err); h != "" {
-		fmt.Fprintf(stderr, "layercache: %v; %s\n", err, h)
+		fmt.Fprintf(stderr, "layercache: %s; %s\n", msg, h)
 	} else {
-		fmt.Fprintf(stderr, "layercache: %v\n", err)
+		fmt.Fprintf(stderr, "layercache: %s\n", msg)
 	}
 	var ue usageError
 	if errors.As(err, &ue) || isCobraUsage(err) {
@@ -180,13 +182,14 @@ func (g *globals) resolveDir() (res cachedir.Resolution, fromFlag bool, err erro
 	return res, false, err
 }
 
-// openStore opens the store of the resolved cache directory.
-func (g *globals) openStore() (*store.Store, error) {
+// openStore opens the store of the resolved cache directory; opts come
+// after the defaults and override them.
+func (g *globals) openStore(opts ...store.Option) (*store.Store, error) {
 	res, _, err := g.resolveDir()
 	if err != nil {
 		return nil, err
 	}
-	s, err := store.Open(res.Dir, store.WithLogger(g.log))
+	s, err := store.Open(res.Dir, append([]store.Option{store.WithLogger(g.log)}, opts...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -97,7 +97,7 @@ Credentials come from the Docker config, as with crane and docker.`,
 				return err
 			}
 			start := time.Now()
-			var out warmJSON
+			out := warmJSON{Images: []remotecache.Report{}} // [], never null, as in `images --json`
 			var errs []error
 			for _, ref := range refs {
 				prog := newProgress(g.stderr, !g.json && isTerminal(g.stderr))
@@ -106,6 +106,9 @@ Credentials come from the Docker config, as with crane and docker.`,
 				if err != nil {
 					errs = append(errs, err)
 					continue
+				}
+				if rep.Platforms == nil {
+					rep.Platforms = []string{}
 				}
 				out.Images = append(out.Images, rep)
 				out.Cached.Blobs += rep.Cached.Blobs
@@ -121,7 +124,9 @@ Credentials come from the Docker config, as with crane and docker.`,
 				if err := g.printJSON(out); err != nil {
 					return err
 				}
-			} else if len(refs) > 1 {
+			} else if len(out.Images) > 1 {
+				// A total of what was warmed: of one image it would
+				// repeat its line, of none it would read as a result.
 				fmt.Fprintf(g.stdout, "total: %s\n", summary(out.Cached, out.Fetched, out.Duration, nil))
 			}
 			return errors.Join(errs...)

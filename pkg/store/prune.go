@@ -52,8 +52,12 @@ func (s *Store) Prune(ctx context.Context, p Policy) (PruneReport, error) {
 		return PruneReport{}, err
 	}
 	sort.Slice(all, func(i, j int) bool {
-		if !all[i].LastUsed.Equal(all[j].LastUsed) {
-			return all[i].LastUsed.Before(all[j].LastUsed)
+		// Last use is only refreshed hourly, so it orders blobs by the
+		// hour, not by the instant: within an hour the blobs of an image
+		// warmed together count as used together.
+		ti, tj := all[i].LastUsed.Truncate(lastUseInterval), all[j].LastUsed.Truncate(lastUseInterval)
+		if !ti.Equal(tj) {
+			return ti.Before(tj)
 		}
 		// Among blobs used at the same time (an image warmed at once),
 		// evict the largest first: dropping a layer frees space, while

@@ -79,6 +79,15 @@ func (s *Store) Get(ctx context.Context, d digest.Digest) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
+	b, err := readWhole(f, fi, d, path)
+	if errors.Is(err, ErrCorrupted) {
+		s.removeCorrupted(d, path, fi, err)
+	}
+	return b, err
+}
+
+// readWhole reads an opened blob into memory and checks it against d.
+func readWhole(f *os.File, fi fs.FileInfo, d digest.Digest, path string) ([]byte, error) {
 	// One byte more than the size found at open, to notice growth.
 	buf := make([]byte, fi.Size()+1)
 	n, err := io.ReadFull(f, buf)
@@ -86,14 +95,23 @@ func (s *Store) Get(ctx context.Context, d digest.Digest) ([]byte, error) {
 		return nil, fmt.Errorf("blob %s (%s): %w", d, path, err)
 	}
 	buf = buf[:n]
-	h := d.Algorithm().Hash()
-	h.Write(buf)
-	if got := digest.NewDigest(d.Algorithm(), h); got != d || int64(n) != fi.Size() {
-		err := corruptedError(d, path, int64(n), got)
-		s.removeCorrupted(d, path, fi, err)
-		return nil, err
+	if got := d.Algorithm().FromBytes(buf); got != d || int64(n) != fi.Size() {
+		return nil, corruptedError(d, path, int64(n), got)
 	}
 	return buf, nil
+}
+
+// Inspect is Get for tools that look at the cache rather than use it
+// (listing images, say): the blob is verified the same way, but its last
+// use is left alone, so looking does not change what Prune evicts. A
+// corrupted blob gives ErrCorrupted and is left in place, as with Verify.
+func (s *Store) Inspect(ctx context.Context, d digest.Digest) ([]byte, error) {
+	f, fi, path, err := s.openFileNoTouch(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readWhole(f, fi, d, path)
 }
 
 // Verify hashes the stored blob d and reports whether it matches, without

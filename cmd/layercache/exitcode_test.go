@@ -1,0 +1,169 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestRunExitCodes checks the exit code of each class of error, which
+// scripts cannot see (`! exec` only says "non-zero"): 2 for what the user
+// fixes by changing the command line, 1 for everything else. Each error
+// is one line on stderr, prefixed with the program's name, with nothing
+// on stdout.
+func TestRunExitCodes(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	const missing = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b"
+	tests := []struct {
+		name string
+		args []string // after --cache-dir DIR; "{digest}" is what setup returned
+		// setup prepares the cache directory dir, which does not exist
+		// yet, and returns a digest for the args.
+		setup func(t *testing.T, dir string) string
+		code  int
+		want  string // a substring of the stderr line
+	}{
+		// Usage errors: exit 2.
+		{name: "unknown command", args: []string{"frobnicate"}, code: exitUsage, want: `unknown command "frobnicate"`},
+		{name: "unknown flag", args: []string{"ls", "--frobnicate"}, code: exitUsage, want: "unknown flag: --frobnicate"},
+		{name: "unknown shorthand flag", args: []string{"ls", "-Z"}, code: exitUsage, want: "unknown shorthand flag"},
+		{name: "flag without its value", args: []string{"prune", "--max-size"}, code: exitUsage, want: "flag needs an argument"},
+		{name: "flag value of the wrong type", args: []string{"warm", "--jobs", "many", "x"}, code: exitUsage, want: `invalid argument "many"`},
+		{name: "argument to a command that takes none", args: []string{"dir", "extra"}, code: exitUsage, want: "takes no arguments"},
+		{name: "missing argument", args: []string{"cat"}, code: exitUsage, want: "needs one DIGEST"},
+		{name: "too many arguments", args: []string{"put", "a", "b"}, code: exitUsage, want: "needs one FILE or -"},
+		{name: "warm without an image", args: []string{"warm"}, code: exitUsage, want: "warm needs at least one IMAGE"},
+		{name: "digest with a path trick", args: []string{"cat", "sha256:../../etc/passwd"}, code: exitUsage, want: "invalid digest"},
+		{name: "digest in uppercase hex", args: []string{"cat", strings.ToUpper(missing)}, code: exitUsage, want: "invalid digest"},
+		{name: "digest of an unknown algorithm", args: []string{"cat", "md5:d41d8cd98f00b204e9800998ecf8427e"}, code: exitUsage, want: "invalid digest"},
+		{name: "digest of the wrong length", args: []string{"cat", "sha256:abc"}, code: exitUsage, want: "invalid digest"},
+		{name: "digest with a NUL byte", args: []string{"cat", missing[:20] + "\x00" + missing[21:]}, code: exitUsage, want: "invalid digest"},
+		{name: "unknown sort order", args: []string{"ls", "--sort", "biggest"}, code: exitUsage, want: `--sort "biggest"`},
+		{name: "malformed size", args: []string{"prune", "--max-size", "lots"}, code: exitUsage, want: `invalid size "lots"`},
+		{name: "size of an unknown unit", args: []string{"prune", "--max-size", "10XB"}, code: exitUsage, want: `unknown unit "XB"`},
+		{name: "negative size", args: []string{"prune", "--max-size", "-5"}, code: exitUsage, want: `invalid size "-5"`},
+		{name: "size zero, which is clear", args: []string{"prune", "--max-size", "0"}, code: exitUsage, want: "use `layercache clear`"},
+		{name: "malformed age", args: []string{"prune", "--max-age", "forever"}, code: exitUsage, want: `invalid age "forever"`},
+		{name: "age zero, which is clear", args: []string{"prune", "--max-age", "0d"}, code: exitUsage, want: "use `layercache clear`"},
+		{name: "malformed platform", args: []string{"warm", "--platform", "linux/amd64/v3/extra", f.multi}, code: exitUsage, want: "--platform"},
+		{name: "platform and all platforms", args: []string{"warm", "--platform", "linux/arm64", "--all-platforms", f.multi}, code: exitUsage, want: "cannot be used together"},
+		{name: "no jobs for warm", args: []string{"warm", "-j", "0", f.single}, code: exitUsage, want: "--jobs must be at least 1"},
+		{name: "no jobs for verify", args: []string{"verify", "-j", "0"}, code: exitUsage, want: "--jobs must be at least 1"},
+		{name: "unparsable reference", args: []string{"warm", "Not A/Reference"}, code: exitUsage, want: "parsing reference"},
+		{name: "clear without --yes off a terminal", args: []string{"clear"}, code: exitUsage, want: "refusing to clear"},
+		{name: "demo of no layers", args: []string{"demo", "--layers", "0"}, code: exitUsage, want: "must be at least 1"},
+
+		// Failures: exit 1.
+		{name: "cache dir is a file", args: []string{"ls"}, setup: writeFile, code: exitFail, want: "it is a file, not a directory; point --cache-dir"},
+		{name: "cache dir is not a layout", args: []string{"stats"}, setup: notLayout, code: exitFail, want: "not an OCI image layout"},
+		{name: "warm into a dir that is not a layout", args: []string{"warm", f.single}, setup: notLayout, code: exitFail, want: "point --cache-dir or OCIBUILD_CACHE_DIR at an empty directory"},
+		{name: "blob not in the cache", args: []string{"cat", missing}, code: exitFail, want: "blob not found"},
+		{name: "corrupted blob", args: []string{"cat", "{digest}"}, setup: corruptedBlob, code: exitFail, want: "corrupted blob: 21 bytes hash to sha256:"},
+		{name: "file to put is missing", args: []string{"put", "/nonexistent/layercache-test"}, code: exitFail, want: "/nonexistent/layercache-test: no such file or directory"},
+		{name: "image the registry lacks", args: []string{"warm", f.host + "/test/nope:v1"}, code: exitFail, want: "test/nope:v1"},
+		{name: "registry unreachable", args: []string{"warm", f.dead + "/test/base:v1"}, code: exitFail, want: "registry unreachable"},
+		{name: "two images failing", args: []string{"warm", f.host + "/test/nope:v1", f.dead + "/test/base:v1"}, code: exitFail, want: "registry unreachable"},
+		{name: "platform the index lacks", args: []string{"warm", "--platform", "windows/amd64", f.multi}, code: exitFail, want: "no image for platform windows/amd64"},
+		{name: "offline, never warmed", args: []string{"warm", "--offline", f.single}, code: exitFail, want: "warm the image while the registry is reachable"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := filepath.Join(t.TempDir(), "cache")
+			var d string
+			if tc.setup != nil {
+				d = tc.setup(t, dir)
+			}
+			args := []string{"--cache-dir", dir}
+			for _, a := range tc.args {
+				args = append(args, strings.ReplaceAll(a, "{digest}", d))
+			}
+			code, stdout, stderr := runCLI(t, "", args...)
+			if code != tc.code {
+				t.Errorf("exit %d, want %d", code, tc.code)
+			}
+			if stdout != "" {
+				t.Errorf("stdout = %q, want nothing", stdout)
+			}
+			if !strings.HasPrefix(stderr, "layercache: ") || strings.Count(stderr, "\n") != 1 || !strings.HasSuffix(stderr, "\n") {
+				t.Errorf("stderr = %q, want one line starting with %q", stderr, "layercache: ")
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("stderr = %q, want it to contain %q", stderr, tc.want)
+			}
+		})
+	}
+}
+
+// TestRunExitReports checks the non-zero exits whose output is a report
+// rather than an error line.
+func TestRunExitReports(t *testing.T) {
+	t.Parallel()
+	t.Run("verify finds a corrupted blob", func(t *testing.T) {
+		t.Parallel()
+		dir := filepath.Join(t.TempDir(), "cache")
+		d := corruptedBlob(t, dir)
+		code, stdout, stderr := runCLI(t, "", "--cache-dir", dir, "verify")
+		if code != exitFail {
+			t.Errorf("exit %d, want %d", code, exitFail)
+		}
+		if !strings.Contains(stdout, "corrupted: blob "+d) {
+			t.Errorf("stdout = %q, want it to report %s", stdout, d)
+		}
+		if stderr != "" {
+			t.Errorf("stderr = %q, want nothing: the report is the output", stderr)
+		}
+	})
+	t.Run("verify --repair removes it", func(t *testing.T) {
+		t.Parallel()
+		dir := filepath.Join(t.TempDir(), "cache")
+		corruptedBlob(t, dir)
+		if code, _, stderr := runCLI(t, "", "--cache-dir", dir, "verify", "--repair"); code != exitOK {
+			t.Errorf("exit %d, want %d; stderr: %s", code, exitOK, stderr)
+		}
+	})
+}
+
+// writeFile makes the cache directory a file.
+func writeFile(t *testing.T, dir string) string {
+	if err := os.WriteFile(dir, []byte("not a directory\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return ""
+}
+
+// notLayout makes the cache directory a directory of other things.
+func notLayout(t *testing.T, dir string) string {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte("package main\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return ""
+}
+
+// corruptedBlob puts 21 bytes into the cache, flips one in the stored
+// blob and returns the blob's digest.
+func corruptedBlob(t *testing.T, dir string) string {
+	src := filepath.Join(t.TempDir(), "blob")
+	if err := os.WriteFile(src, []byte("some bytes to corrupt"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := strings.TrimSpace(mustRun(t, "--cache-dir", dir, "put", src))
+	p := filepath.Join(dir, "blobs", "sha256", strings.TrimPrefix(d, "sha256:"))
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[3] ^= 0xff
+	if err := os.Chmod(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
