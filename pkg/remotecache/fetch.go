@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -94,7 +95,8 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (digest.Dig
 		}
 		cached, rerr := p.s.Resolve(ctx, ref.Name())
 		if rerr != nil {
-			return "", fmt.Errorf("resolving %s: registry unreachable and the tag was never warmed: %w", ref, err)
+			// ErrOffline as documented, with the network error beside it.
+			return "", fmt.Errorf("resolving %s: registry unreachable and the tag was never warmed: %w: %w", ref, ErrOffline, err)
 		}
 		p.offline = true
 		p.o.warnOnce.warn("offline", "registry unreachable; tag resolved offline from the cache's index.json",
@@ -110,10 +112,23 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (digest.Dig
 }
 
 // unreachable reports whether err means the registry could not be
-// reached at all, as opposed to an answer such as 404 or 401.
+// reached at all, as opposed to an answer such as 404 or 401. A gateway's
+// 502, 503 or 504 (after ggcr's retries) counts as unreachable: it is what
+// an HTTP proxy, mirror or load balancer in front of a registry that is
+// down answers instead of a refused connection.
 func unreachable(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
 	var terr *transport.Error
-	return !errors.As(err, &terr) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+	if !errors.As(err, &terr) {
+		return true
+	}
+	switch terr.StatusCode {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
 }
 
 // manifest returns the manifest or index d, from the store or else from
@@ -158,6 +173,21 @@ func (p *puller) smallBlob(ctx context.Context, d digest.Digest, fetch func() ([
 	p.noteStoreReadError(d, err)
 	if p.offline {
 		return nil, fmt.Errorf("blob %s: %w", d, ErrOffline)
+	}
+	// Fetch under the digest's lock, as openLayer does, so that processes
+	// warming the same image download its config once, not once each;
+	// then look again, since the holder we waited for may have stored it.
+	unlock, lerr := p.s.LockBlob(ctx, d)
+	if unlock == nil {
+		return nil, fmt.Errorf("blob %s: %w", d, lerr)
+	}
+	defer unlock()
+	if lerr != nil {
+		p.noteStoreWriteError(d, lerr)
+	}
+	if b, err := p.s.Get(ctx, d); err == nil {
+		p.stats.hit(int64(len(b)))
+		return b, nil
 	}
 	b, err = fetch()
 	if err != nil {
