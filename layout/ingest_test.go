@@ -1,0 +1,317 @@
+package layout_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/ocibuild/layercache/layout"
+)
+
+func TestCreateTemp(t *testing.T) {
+	p := newLayout(t)
+	tests := []struct {
+		pattern    string
+		wantPrefix string
+		reason     string
+	}{
+		{"blob-*", "blob-", "the .tmp suffix is added so Sweep recognises the file"},
+		{"index.json.*.tmp", "index.json.", "a pattern that has the suffix keeps one"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.reason, func(t *testing.T) {
+			f, err := p.CreateTemp(tc.pattern)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer os.Remove(f.Name())
+			defer f.Close()
+			if got, want := filepath.Dir(f.Name()), p.Join(layout.IngestDir); got != want {
+				t.Errorf("dir: got %q, want %q", got, want)
+			}
+			base := filepath.Base(f.Name())
+			if !strings.HasPrefix(base, tc.wantPrefix) || !strings.HasSuffix(base, ".tmp") || strings.HasSuffix(base, ".tmp.tmp") {
+				t.Errorf("name: got %q, want %s*.tmp", base, tc.wantPrefix)
+			}
+		})
+	}
+}
+
+func TestCreateTemp_IngestRemovedByHand(t *testing.T) {
+	p := newLayout(t)
+	if err := os.RemoveAll(p.Join(layout.IngestDir)); err != nil {
+		t.Fatal(err)
+	}
+	f, err := p.CreateTemp("blob-*")
+	if err != nil {
+		t.Fatalf("CreateTemp after ingest/ was removed: %v", err)
+	}
+	f.Close()
+	if got, want := filepath.Dir(f.Name()), p.Join(layout.IngestDir); got != want {
+		t.Errorf("dir: got %q, want %q", got, want)
+	}
+}
+
+func TestCreateTemp_Unique(t *testing.T) {
+	p := newLayout(t)
+	seen := map[string]bool{}
+	for range 100 {
+		f, err := p.CreateTemp("blob-*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if seen[f.Name()] {
+			t.Fatalf("CreateTemp returned %s twice", f.Name())
+		}
+		seen[f.Name()] = true
+	}
+}
+
+var (
+	digestA = digest.FromString("a")
+	digestB = digest.FromString("b")
+)
+
+func lockName(d digest.Digest) string {
+	return string(d.Algorithm()) + "-" + d.Encoded() + ".lock"
+}
+
+func TestLockBlob_Excludes(t *testing.T) {
+	p := newLayout(t)
+	l, err := p.LockBlob(t.Context(), digestA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !exists(t, p.Join(layout.IngestDir, lockName(digestA))) {
+		t.Errorf("lock file %s not in ingest/", lockName(digestA))
+	}
+
+	// A second holder of the same digest waits until its context ends.
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if l2, err := p.LockBlob(ctx, digestA); !errors.Is(err, context.DeadlineExceeded) {
+		l2.Unlock()
+		t.Fatalf("second LockBlob: got %v, want context.DeadlineExceeded", err)
+	}
+
+	// Another digest is not excluded.
+	lb, err := p.LockBlob(t.Context(), digestB)
+	if err != nil {
+		t.Fatalf("LockBlob of another digest: %v", err)
+	}
+	lb.Unlock()
+
+	// A waiter gets the lock once it is released.
+	got := make(chan error, 1)
+	go func() {
+		l2, err := p.LockBlob(context.Background(), digestA)
+		if err == nil {
+			l2.Unlock()
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("waiter got the lock while it was held (err %v)", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if err := l.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Errorf("waiter: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter did not get the released lock")
+	}
+}
+
+func TestLockBlob_CancelledContext(t *testing.T) {
+	p := newLayout(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := p.LockBlob(ctx, digestA); !errors.Is(err, context.Canceled) {
+		t.Errorf("LockBlob: got %v, want context.Canceled", err)
+	}
+}
+
+func TestLock_UnlockNil(t *testing.T) {
+	var l *layout.Lock
+	if err := l.Unlock(); err != nil {
+		t.Errorf("nil Unlock: got %v, want nil", err)
+	}
+}
+
+// TestLockBlob_Process holds a blob lock in a child process: the parent
+// cannot take it, Sweep does not remove it, and once the child is killed
+// with SIGKILL the kernel releases it and the parent gets it at once.
+func TestLockBlob_Process(t *testing.T) {
+	if dir := os.Getenv(childDirEnv); dir != "" {
+		l, err := layout.Path(dir).LockBlob(context.Background(), digestA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Unlock()
+		writeFile(t, filepath.Join(os.Getenv(childSyncEnv), "locked"), "")
+		time.Sleep(time.Minute) // until the parent kills us
+		return
+	}
+	p := newLayout(t)
+	syncDir := t.TempDir()
+	c := startChild(t, t.Name(), childDirEnv+"="+p.String(), childSyncEnv+"="+syncDir)
+	waitFile(t, filepath.Join(syncDir, "locked"), time.Minute)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	if l, err := p.LockBlob(ctx, digestA); !errors.Is(err, context.DeadlineExceeded) {
+		l.Unlock()
+		t.Fatalf("LockBlob held by another process: got %v, want context.DeadlineExceeded", err)
+	}
+
+	lockPath := p.Join(layout.IngestDir, lockName(digestA))
+	setAge(t, lockPath, 2*time.Hour)
+	if _, err := p.Sweep(t.Context(), time.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if !exists(t, lockPath) {
+		t.Fatal("Sweep removed a lock held by another process")
+	}
+
+	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Wait(); err == nil {
+		t.Fatal("child exited cleanly; want it killed")
+	}
+	start := time.Now()
+	ctx, cancel = context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	l, err := p.LockBlob(ctx, digestA)
+	if err != nil {
+		t.Fatalf("LockBlob after the holder was killed: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("LockBlob after the holder was killed took %v, want at once", d)
+	}
+	l.Unlock()
+
+	// Unheld now, the old lock file is litter.
+	setAge(t, lockPath, 2*time.Hour)
+	if n, err := p.Sweep(t.Context(), time.Now().Add(-time.Hour)); err != nil || n != 1 {
+		t.Errorf("Sweep: got (%d, %v), want (1, nil)", n, err)
+	}
+	if exists(t, lockPath) {
+		t.Error("Sweep kept an old unheld lock file")
+	}
+}
+
+func TestSweep(t *testing.T) {
+	p := newLayout(t)
+	ingest := func(name string) string { return p.Join(layout.IngestDir, name) }
+
+	// The index lock exists once index.json was updated.
+	addRef(t, p, "a")
+	held, err := p.LockBlob(t.Context(), digestA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Unlock()
+	unheld, err := p.LockBlob(t.Context(), digestB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unheld.Unlock()
+	youngUnheld := digest.FromString("c")
+	l, err := p.LockBlob(t.Context(), youngUnheld)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Unlock()
+
+	files := []struct {
+		name   string
+		old    bool
+		kept   bool
+		reason string
+	}{
+		{"blob-1.tmp", true, false, "old temp file of a crashed writer"},
+		{"blob-2.tmp", false, true, "young temp file of a live writer"},
+		{"leftover", true, false, "old file of unknown kind is litter too"},
+		{"newcomer", false, true, "young file of unknown kind"},
+		{"dir.tmp", true, false, "old directory, with its content"},
+		{lockName(digestA), true, true, "old lock that is held"},
+		{lockName(digestB), true, false, "old lock that nobody holds"},
+		{lockName(youngUnheld), false, true, "young lock that nobody holds"},
+		{layout.IndexFile + ".lock", true, true, "the index lock, never removed"},
+		{layout.StatsFile + ".lock", true, true, "the stats lock, never removed"},
+	}
+	for _, f := range files {
+		switch {
+		case f.name == "dir.tmp":
+			writeFile(t, filepath.Join(ingest(f.name), "inner"), "x")
+		case !exists(t, ingest(f.name)):
+			writeFile(t, ingest(f.name), "x")
+		}
+		if f.old {
+			setAge(t, ingest(f.name), 2*time.Hour)
+		}
+	}
+	n, err := p.Sweep(t.Context(), time.Now().Add(-time.Hour))
+	if err != nil {
+		t.Fatalf("Sweep: %v", err)
+	}
+	wantRemoved := 0
+	for _, f := range files {
+		if !f.kept {
+			wantRemoved++
+		}
+		if got := exists(t, ingest(f.name)); got != f.kept {
+			t.Errorf("%s (%s): exists after Sweep = %v, want %v", f.name, f.reason, got, f.kept)
+		}
+	}
+	if n != wantRemoved {
+		t.Errorf("Sweep: got %d removed, want %d", n, wantRemoved)
+	}
+
+	// The held lock still excludes other holders after the sweep.
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if l, err := p.LockBlob(ctx, digestA); err == nil {
+		l.Unlock()
+		t.Error("LockBlob succeeded on a lock that is held")
+	}
+}
+
+func TestSweep_NoIngest(t *testing.T) {
+	p := newLayout(t)
+	if err := os.RemoveAll(p.Join(layout.IngestDir)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := p.Sweep(t.Context(), time.Now()); err != nil || n != 0 {
+		t.Errorf("Sweep without ingest/: got (%d, %v), want (0, nil)", n, err)
+	}
+}
+
+func TestSweep_CancelledContext(t *testing.T) {
+	p := newLayout(t)
+	writeFile(t, p.Join(layout.IngestDir, "blob-1.tmp"), "x")
+	setAge(t, p.Join(layout.IngestDir, "blob-1.tmp"), 2*time.Hour)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := p.Sweep(ctx, time.Now()); !errors.Is(err, context.Canceled) {
+		t.Errorf("Sweep: got %v, want context.Canceled", err)
+	}
+	if !exists(t, p.Join(layout.IngestDir, "blob-1.tmp")) {
+		t.Error("a cancelled Sweep removed a file")
+	}
+}
