@@ -110,11 +110,17 @@ func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Optio
 		images = append(images, img)
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(lctx)
 	g.SetLimit(o.jobs)
 	seen := map[v1.Hash]bool{}
 	for _, img := range images {
 		if _, err := img.RawConfigFile(); err != nil {
+			// Stop the layers already started and wait for them, so
+			// that nothing writes to the store once Warm has returned.
+			cancel()
+			_ = g.Wait()
 			return rep, fmt.Errorf("warm %s: %w", ref, err)
 		}
 		for _, l := range img.manifest.Layers {
