@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/cache"
@@ -64,26 +66,27 @@ func (c *cacheAdapter) Put(l v1.Layer) (v1.Layer, error) {
 //
 // Get hashes the blob to find out: cache.Image serves the layer Get
 // returns without falling back, so corruption found later, by Compressed,
-// would fail the read instead of fetching the layer again. A hit through
-// the adapter therefore hashes the blob twice (here, and before
-// Compressed serves it).
+// would fail the read instead of fetching the layer again. The verified
+// file stays open and the first Compressed serves it, so a hit hashes the
+// blob once; if nobody reads it, the file is closed when the layer is
+// garbage collected.
 func (c *cacheAdapter) Get(h v1.Hash) (v1.Layer, error) {
 	d, err := toDigest(h)
 	if err != nil {
 		return nil, err
 	}
 	ctx := context.Background()
-	info, err := c.s.Verify(ctx, d)
+	rc, info, err := c.s.OpenVerified(ctx, d)
 	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCorrupted) {
-		if errors.Is(err, store.ErrCorrupted) {
-			_ = c.s.Delete(ctx, d)
-		}
+		// OpenVerified removed a corrupted blob already.
 		return nil, cache.ErrNotFound
 	}
 	if err != nil {
 		return nil, err
 	}
-	return partial.CompressedToLayer(&storedLayer{s: c.s, d: d, h: h, size: info.Size})
+	sl := &storedLayer{s: c.s, d: d, h: h, size: info.Size, verified: rc}
+	runtime.AddCleanup(sl, func(rc io.Closer) { rc.Close() }, io.Closer(rc))
+	return partial.CompressedToLayer(sl)
 }
 
 // Delete implements cache.Cache.
@@ -106,12 +109,22 @@ type storedLayer struct {
 	d    digest.Digest
 	h    v1.Hash
 	size int64
+
+	mu       sync.Mutex
+	verified io.ReadCloser // opened and hashed by Get; served once
 }
 
 func (l *storedLayer) Digest() (v1.Hash, error) { return l.h, nil }
 func (l *storedLayer) Size() (int64, error)     { return l.size, nil }
 
 func (l *storedLayer) Compressed() (io.ReadCloser, error) {
+	l.mu.Lock()
+	rc := l.verified
+	l.verified = nil
+	l.mu.Unlock()
+	if rc != nil {
+		return rc, nil
+	}
 	rc, _, err := l.s.OpenVerified(context.Background(), l.d)
 	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCorrupted) {
 		return nil, fmt.Errorf("layer %s: %w (%v)", l.d, cache.ErrNotFound, err)

@@ -50,7 +50,7 @@ func (p *puller) remote() (*remote.Puller, error) {
 }
 
 func newPuller(s *store.Store, o *options, repo name.Repository) *puller {
-	return &puller{s: s, o: o, repo: repo, offline: o.offline, stats: &counters{record: recordTo(o.ctx, s)}}
+	return &puller{s: s, o: o, repo: repo, offline: o.offline, stats: &counters{record: recordTo(o.ctx, s), user: o.counters}}
 }
 
 // resolve finds the manifest (or index) a reference names, from the cache

@@ -11,6 +11,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocibuild/layercache/pkg/store"
 )
@@ -40,10 +42,32 @@ func Image(ref name.Reference, s *store.Store, opts ...Option) (v1.Image, error)
 	if err != nil {
 		return nil, err
 	}
+	p.recordRef(o.ctx, ref, desc)
 	if desc.MediaType.IsIndex() {
 		return p.platformImage(o.ctx, ref, desc, raw)
 	}
 	return newImage(p, ref, desc, raw)
+}
+
+// recordRef notes in index.json what a tag resolved to online, so that a
+// later pull of the same tag can resolve it offline once the registry is
+// unreachable, as after a Warm. index.json is rewritten only when the tag
+// is new or moved. A cache that cannot be written is not an error here.
+func (p *puller) recordRef(ctx context.Context, ref name.Reference, desc v1.Descriptor) {
+	if _, isTag := ref.(name.Tag); !isTag || p.offline {
+		return
+	}
+	if cur, err := p.s.Resolve(ctx, ref.Name()); err == nil && cur.Digest.String() == desc.Digest.String() {
+		return
+	}
+	err := p.s.Tag(ctx, ref.Name(), ocispec.Descriptor{
+		MediaType: string(desc.MediaType),
+		Digest:    digest.Digest(desc.Digest.String()),
+		Size:      desc.Size,
+	})
+	if err != nil {
+		p.noteStoreWriteError(digest.Digest(desc.Digest.String()), err)
+	}
 }
 
 // platformImage picks the image of the wanted platform from an index.

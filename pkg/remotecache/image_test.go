@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/opencontainers/go-digest"
 	"io"
 	"net/http"
 	"os"
@@ -230,7 +231,7 @@ func TestImage_DigestRefNeedsNoNetwork(t *testing.T) {
 func TestImage_Offline(t *testing.T) {
 	tests := []struct {
 		name    string
-		warmed  bool // the tag was warmed into index.json
+		warmed  bool // the tag was warmed (or pulled) into index.json
 		offline bool // WithOffline; else the server is closed
 		wantErr error
 	}{
@@ -254,9 +255,10 @@ func TestImage_Offline(t *testing.T) {
 					t.Fatal(err)
 				}
 			} else {
-				// Cached blobs but no index.json entry: a tag is
-				// known only once warmed.
-				img, err := remotecache.Image(fx.ref, s, fast)
+				// Cached blobs but no index.json entry: pulled by
+				// digest, so the tag was never seen (a pull by tag
+				// records it, as Warm does).
+				img, err := remotecache.Image(fx.ref.Context().Digest(fx.digest.String()), s, fast)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -909,5 +911,74 @@ func TestImage_BadOptions(t *testing.T) {
 				t.Error("Warm: no error")
 			}
 		})
+	}
+}
+
+// A pull by tag records the tag, so that it resolves offline later
+// without a Warm.
+func TestImage_RecordsTag(t *testing.T) {
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 2, 2, 1024))
+	s, _ := openStore(t)
+	img, err := remotecache.Image(fx.ref, s, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validate.Image(img); err != nil {
+		t.Fatal(err)
+	}
+	desc, err := s.Resolve(t.Context(), fx.ref.Name())
+	if err != nil {
+		t.Fatalf("Resolve after a pull by tag: %v", err)
+	}
+	if got, want := desc.Digest.String(), fx.digest.String(); got != want {
+		t.Errorf("recorded digest %s, want %s", got, want)
+	}
+	reg.srv.Close()
+	img, err = remotecache.Image(fx.ref, s, fast, remotecache.WithOffline())
+	if err != nil {
+		t.Fatalf("offline pull of a tag pulled before: %v", err)
+	}
+	fx.assertImage(t, img, fx.img)
+}
+
+// Closing a layer's reader unread neither hashes the cached blob nor
+// starts a download: it counts no hit and no miss.
+func TestLayer_CloseUnread(t *testing.T) {
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 2, 2, 1024))
+	s, _ := openStore(t)
+	img, err := remotecache.Image(fx.ref, s, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := s.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		rc, err := l.Compressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, err := s.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Hits != before.Hits || after.Misses != before.Misses {
+		t.Errorf("unread opens counted: hits %d→%d, misses %d→%d", before.Hits, after.Hits, before.Misses, after.Misses)
+	}
+	for _, h := range fx.layers {
+		if _, err := s.Stat(t.Context(), digest.Digest(h.String())); err == nil {
+			t.Errorf("layer %s cached without being read", h)
+		}
 	}
 }

@@ -28,6 +28,7 @@ func Index(ref name.Reference, s *store.Store, opts ...Option) (v1.ImageIndex, e
 	if !desc.MediaType.IsIndex() {
 		return nil, fmt.Errorf("%s: %s is an image (%s), not an index", ref, desc.Digest, desc.MediaType)
 	}
+	p.recordRef(o.ctx, ref, desc)
 	return newIndex(p, ref, desc, raw)
 }
 

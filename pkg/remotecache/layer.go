@@ -13,6 +13,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/ocibuild/layercache/pkg/store"
 )
 
 // ErrDiffIDMismatch is returned at the end of an Uncompressed stream whose
@@ -63,16 +65,68 @@ func (l *layer) DiffID() (v1.Hash, error) {
 
 // Compressed implements v1.Layer: the blob verified from the store, or
 // streamed from the registry into the store at once.
+//
+// The blob is opened on the first Read, not here: ggcr's layout writer,
+// for one, opens every layer and closes the ones it already has unread,
+// and an unread open must neither hash a cached blob nor start a download
+// (and take its lock). What can be known cheaply fails here: an invalid
+// digest, and a blob that an offline pull does not have.
 func (l *layer) Compressed() (io.ReadCloser, error) {
 	d, err := toDigest(l.desc.Digest)
 	if err != nil {
 		return nil, err
 	}
-	rc, _, err := l.img.p.openLayer(l.img.ctx(), d, l.desc.Size)
-	if err != nil {
-		return nil, fmt.Errorf("%s: layer %s: %w", l.img.ref, d, err)
+	p, ctx := l.img.p, l.img.ctx()
+	if p.offline {
+		if _, err := p.s.Stat(ctx, d); errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("%s: layer %s: %w", l.img.ref, d, ErrOffline)
+		}
 	}
-	return rc, nil
+	return &lazyReader{open: func() (io.ReadCloser, error) {
+		rc, _, err := p.openLayer(ctx, d, l.desc.Size)
+		if err != nil {
+			return nil, fmt.Errorf("%s: layer %s: %w", l.img.ref, d, err)
+		}
+		return rc, nil
+	}}, nil
+}
+
+// lazyReader opens its stream on the first Read. Closing it unread opens
+// nothing.
+type lazyReader struct {
+	open func() (io.ReadCloser, error)
+	rc   io.ReadCloser
+	err  error
+}
+
+func (r *lazyReader) init() error {
+	if r.rc == nil && r.err == nil {
+		r.rc, r.err = r.open()
+	}
+	return r.err
+}
+
+func (r *lazyReader) Read(p []byte) (int, error) {
+	if err := r.init(); err != nil {
+		return 0, err
+	}
+	return r.rc.Read(p)
+}
+
+// WriteTo lets io.Copy use the underlying reader's large-buffer copy.
+func (r *lazyReader) WriteTo(w io.Writer) (int64, error) {
+	if err := r.init(); err != nil {
+		return 0, err
+	}
+	return io.Copy(w, r.rc)
+}
+
+func (r *lazyReader) Close() error {
+	if r.rc == nil {
+		r.err = errors.New("read of a closed layer reader")
+		return nil
+	}
+	return r.rc.Close()
 }
 
 // Uncompressed implements v1.Layer: it decompresses the compressed blob

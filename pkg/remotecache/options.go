@@ -24,6 +24,7 @@ type options struct {
 	jobs         int
 	logger       *slog.Logger
 	progress     func(Progress)
+	counters     *Counters
 	warnOnce     *warnings
 }
 
@@ -167,6 +168,16 @@ func WithLogger(l *slog.Logger) Option {
 func WithProgress(fn func(Progress)) Option {
 	return func(o *options) error {
 		o.progress = fn
+		return nil
+	}
+}
+
+// WithCounters adds the blobs of this pull (or Warm) to c, split into
+// served from the cache and fetched from the registry, so a tool can say
+// what its own build downloaded. The default counts nothing.
+func WithCounters(c *Counters) Option {
+	return func(o *options) error {
+		o.counters = c
 		return nil
 	}
 }

@@ -19,6 +19,7 @@ type counters struct {
 	missBytes int64
 
 	record func(store.Stats)
+	user   *Counters // WithCounters
 }
 
 func (c *counters) hit(n int64) {
@@ -26,6 +27,7 @@ func (c *counters) hit(n int64) {
 	c.hits++
 	c.hitBytes += n
 	c.mu.Unlock()
+	c.user.add(true, n)
 	if c.record != nil {
 		c.record(store.Stats{Hits: 1, HitBytes: n})
 	}
@@ -36,6 +38,7 @@ func (c *counters) miss(n int64) {
 	c.misses++
 	c.missBytes += n
 	c.mu.Unlock()
+	c.user.add(false, n)
 	if c.record != nil {
 		c.record(store.Stats{Misses: 1, MissBytes: n})
 	}
@@ -53,4 +56,43 @@ func recordTo(ctx context.Context, s *store.Store) func(store.Stats) {
 	return func(delta store.Stats) {
 		_ = s.AddStats(context.WithoutCancel(ctx), delta)
 	}
+}
+
+// Counters tallies where the blobs of the pulls it is passed to (with
+// WithCounters) came from: the cache or the registry. Unlike the store's
+// persistent counters (store.Stats), which every process using the cache
+// adds to, it counts only this caller's pulls. It is safe for concurrent
+// use; the zero value is ready.
+type Counters struct {
+	mu      sync.Mutex
+	cached  Tally
+	fetched Tally
+}
+
+// Cached returns the blobs and bytes served from the cache so far.
+func (c *Counters) Cached() Tally {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cached
+}
+
+// Fetched returns the blobs and bytes fetched from the registry so far.
+func (c *Counters) Fetched() Tally {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fetched
+}
+
+func (c *Counters) add(cached bool, n int64) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	t := &c.fetched
+	if cached {
+		t = &c.cached
+	}
+	t.Blobs++
+	t.Bytes += n
+	c.mu.Unlock()
 }

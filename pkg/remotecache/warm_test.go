@@ -2,6 +2,7 @@ package remotecache_test
 
 import (
 	"context"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
 	"net/http"
 	"strings"
 	"sync"
@@ -312,4 +313,30 @@ func storeContents(t testing.TB, s *store.Store) []string {
 		t.Fatal(err)
 	}
 	return sortedStrings(out)
+}
+
+// WithCounters tallies one caller's pulls: cold some fetched, warm all cached.
+func TestWithCounters(t *testing.T) {
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 3, 2, 1024))
+	s, _ := openStore(t)
+	for i, wantFetched := range []bool{true, false} {
+		var c remotecache.Counters
+		img, err := remotecache.Image(fx.ref, s, fast, remotecache.WithCounters(&c))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := validate.Image(img); err != nil {
+			t.Fatal(err)
+		}
+		cached, fetched := c.Cached(), c.Fetched()
+		// validate.Image reads layers more than once: cold, the first
+		// read of each blob is a fetch and the later ones are hits.
+		if wantFetched && fetched.Blobs == 0 {
+			t.Errorf("pull %d: cached %+v, fetched %+v; want fetches", i, cached, fetched)
+		}
+		if !wantFetched && (fetched.Blobs != 0 || cached.Blobs == 0) {
+			t.Errorf("pull %d: cached %+v, fetched %+v; want all cached", i, cached, fetched)
+		}
+	}
 }
