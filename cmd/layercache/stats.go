@@ -27,6 +27,11 @@ func newStatsCmd(g *globals) *cobra.Command {
 		Long: `Print how many blobs and bytes the cache holds, how many refs, the oldest and
 newest last use, and the counters that pulls through the cache add to: blobs
 and bytes served from the cache (bytes saved) and fetched from registries.`,
+		Example: `  # At the end of a CI job: what did the cache save?
+  layercache stats
+
+  # The hit rate, for a dashboard
+  layercache stats --json | jq '.counters.hits / (.counters.hits + .counters.misses)'`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
