@@ -28,10 +28,11 @@ type options struct {
 	warnOnce     *warnings
 }
 
-// defaultJobs is how many blobs Warm fetches at once. Four keeps a 2-core
-// machine's hashing busy while it hides registry latency (ggcr's own
-// default for remote.WithJobs is 4 too).
-const defaultJobs = 4
+// defaultJobs is how many blobs Warm fetches at once. Fetching is bound by
+// round trips more than by CPU: with 8 jobs an image of 8 layers behind a
+// registry 20 ms away warms 3× faster than one at a time (see bench/),
+// while hashing, the CPU part, still runs on every core.
+const defaultJobs = 8
 
 func makeOptions(opts []Option) (*options, error) {
 	o := &options{
@@ -139,7 +140,7 @@ func WithAllPlatforms() Option {
 }
 
 // WithJobs bounds how many blobs Warm fetches or verifies at once. It must
-// be at least 1. The default is 4.
+// be at least 1. The default is 8.
 func WithJobs(n int) Option {
 	return func(o *options) error {
 		if n < 1 {

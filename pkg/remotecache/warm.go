@@ -110,19 +110,18 @@ func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Optio
 		images = append(images, img)
 	}
 
-	lctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	g, gctx := errgroup.WithContext(lctx)
+	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.jobs)
 	seen := map[v1.Hash]bool{}
 	for _, img := range images {
-		if _, err := img.RawConfigFile(); err != nil {
-			// Stop the layers already started and wait for them, so
-			// that nothing writes to the store once Warm has returned.
-			cancel()
-			_ = g.Wait()
-			return rep, fmt.Errorf("warm %s: %w", ref, err)
-		}
+		// Configs are fetched alongside the layers: on a registry far
+		// away, each round trip saved is worth as much as a layer.
+		g.Go(func() error {
+			if _, err := img.RawConfigFile(); err != nil {
+				return fmt.Errorf("warm %s: %w", ref, err)
+			}
+			return nil
+		})
 		for _, l := range img.manifest.Layers {
 			if seen[l.Digest] {
 				continue // layers shared between platforms are warmed once
@@ -137,16 +136,19 @@ func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Optio
 			})
 		}
 	}
+	// On an error, errgroup has cancelled the other jobs and Wait waits
+	// for them: nothing writes to the store once Warm has returned.
 	if err := g.Wait(); err != nil {
 		return rep, err
 	}
-	err = s.Tag(ctx, ref.Name(), ocispec.Descriptor{
-		MediaType: string(desc.MediaType),
-		Digest:    digest.Digest(desc.Digest.String()),
-		Size:      desc.Size,
-	})
-	if err != nil {
-		return rep, fmt.Errorf("warm %s: recording the ref in index.json: %w", ref, err)
+	// index.json is rewritten (durably, so with fsyncs) only when the ref
+	// is new or moved: warming a warm image stays a read-only operation.
+	d := digest.Digest(desc.Digest.String())
+	if cur, err := s.Resolve(ctx, ref.Name()); err != nil || cur.Digest != d {
+		err := s.Tag(ctx, ref.Name(), ocispec.Descriptor{MediaType: string(desc.MediaType), Digest: d, Size: desc.Size})
+		if err != nil {
+			return rep, fmt.Errorf("warm %s: recording the ref in index.json: %w", ref, err)
+		}
 	}
 	rep.Cached.Blobs, rep.Cached.Bytes, rep.Fetched.Blobs, rep.Fetched.Bytes = p.stats.snapshot()
 	recordTo(ctx, s)(store.Stats{
