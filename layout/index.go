@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
 
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -33,17 +31,16 @@ func emptyIndex() ocispec.Index {
 
 // ReadIndex reads index.json. It takes no lock: index.json is only ever
 // replaced by rename, so a reader sees a whole old or a whole new file. A
-// missing index.json reads as an empty index.
+// missing index.json reads as an empty index. A symlink, a directory or a
+// FIFO at its name is ErrBadIndex: what a symlink points at is never read.
 func (p Path) ReadIndex() (ocispec.Index, error) {
-	f, err := os.Open(p.Join(IndexFile))
+	b, err := readSmallFile(p.Join(IndexFile), maxIndexSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return emptyIndex(), nil
 	}
-	if err != nil {
-		return ocispec.Index{}, fmt.Errorf("reading %s: %w", p.Join(IndexFile), err)
+	if errors.Is(err, errNotRegular) {
+		return ocispec.Index{}, fmt.Errorf("%w: %v", ErrBadIndex, err)
 	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxIndexSize+1))
 	if err != nil {
 		return ocispec.Index{}, fmt.Errorf("reading %s: %w", p.Join(IndexFile), err)
 	}
@@ -75,9 +72,9 @@ func (p Path) ReadIndex() (ocispec.Index, error) {
 // once are serialised, so neither loses the other's change. If fn returns
 // an error, index.json is left as it was.
 //
-// An index.json that does not parse (ErrBadIndex) is replaced: fn starts
-// from an empty index, and the returned error is nil. The refs it held were
-// already unreadable; the blobs are untouched and can be warmed again.
+// An index.json that does not parse (ErrBadIndex) is set aside as
+// index.json.corrupt and rebuilt from the blobs (see RepairIndex): fn
+// starts from the rebuilt index, and the returned error is nil.
 func (p Path) UpdateIndex(ctx context.Context, fn func(*ocispec.Index) error) error {
 	l, err := p.LockIndex(ctx)
 	if err != nil {
@@ -86,7 +83,7 @@ func (p Path) UpdateIndex(ctx context.Context, fn func(*ocispec.Index) error) er
 	defer l.Unlock()
 	idx, err := p.ReadIndex()
 	if errors.Is(err, ErrBadIndex) {
-		idx, err = emptyIndex(), nil
+		idx, err = p.rebuildIndex(ctx)
 	}
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/gofrs/flock"
@@ -35,6 +36,9 @@ const lockPollInterval = 20 * time.Millisecond
 func (p Path) CreateTemp(pattern string) (*os.File, error) {
 	if !strings.HasSuffix(pattern, tempSuffix) {
 		pattern += tempSuffix
+	}
+	if err := CheckDir(p.Join(IngestDir)); err != nil {
+		return nil, fmt.Errorf("creating temp file: %w", err)
 	}
 	f, err := os.CreateTemp(p.Join(IngestDir), pattern)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -83,8 +87,25 @@ func (p Path) LockIndex(ctx context.Context) (*Lock, error) {
 
 func (p Path) lock(ctx context.Context, name string) (*Lock, error) {
 	path := p.Join(IngestDir, name)
-	fl := flock.New(path, flock.SetPermissions(0o644))
+	if err := CheckDir(p.Join(IngestDir)); err != nil {
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	// O_NOFOLLOW: a symlink planted at a lock file's name must not make
+	// the lock create or open a file outside the cache. Such a link is
+	// litter in ingest/ like any other, and nobody can hold a lock on it,
+	// so it is removed and the lock file made afresh.
+	newLock := func() *flock.Flock {
+		return flock.New(path, flock.SetPermissions(0o644), flock.SetFlag(os.O_CREATE|os.O_RDONLY|syscall.O_NOFOLLOW))
+	}
+	fl := newLock()
 	ok, err := fl.TryLockContext(ctx, lockPollInterval)
+	if errors.Is(err, syscall.ELOOP) {
+		fl.Close()
+		if rerr := os.Remove(path); rerr == nil || errors.Is(rerr, fs.ErrNotExist) {
+			fl = newLock()
+			ok, err = fl.TryLockContext(ctx, lockPollInterval)
+		}
+	}
 	if err == nil && !ok {
 		err = ctx.Err()
 	}
@@ -104,6 +125,9 @@ func (p Path) lock(ctx context.Context, name string) (*Lock, error) {
 // partial blob. It returns how many files it removed.
 func (p Path) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 	dir := p.Join(IngestDir)
+	if err := CheckDir(dir); err != nil {
+		return 0, fmt.Errorf("sweeping: %w", err)
+	}
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
@@ -130,7 +154,7 @@ func (p Path) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 			// holder keeps it. A process that opened the file just
 			// before the removal may lock the unlinked inode; the cost is
 			// at worst one duplicate download, never a wrong blob.
-			fl := flock.New(path)
+			fl := flock.New(path, flock.SetFlag(os.O_RDONLY|syscall.O_NOFOLLOW))
 			ok, err := fl.TryLock()
 			if err != nil || !ok {
 				fl.Close()

@@ -20,12 +20,17 @@
 package layout
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
+
+	"github.com/ocibuild/layercache/internal/faultpoint"
 )
 
 // Names of the files and folders of a layout, relative to its root.
@@ -95,26 +100,76 @@ func Create(dir string) (Path, error) {
 			return "", fmt.Errorf("cache dir %s: %w: it holds other files (%s, ...) and no %s; refusing to use it",
 				abs, ErrNotLayout, entries[0].Name(), LayoutFile)
 		}
+	}
+	if err := p.ensureDirs(); err != nil {
+		return "", err
+	}
+	if !isLayout {
 		if err := p.init(); err != nil {
 			return "", err
-		}
-	}
-	// Best effort: a read-only layout is still a usable one for reads.
-	for _, d := range []string{p.Join(BlobsDir), p.Join(IngestDir)} {
-		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) && !IsReadOnly(err) {
-			return "", fmt.Errorf("cache dir %s: %w", abs, err)
 		}
 	}
 	return p, nil
 }
 
+// ensureDirs makes blobs/ and ingest/ where they are missing, and replaces
+// whatever stands at blobs/, blobs/<alg> or ingest/ that is not a real
+// directory. A symlink there (planted, or restored from a CI cache) would
+// make writes, sweeps and Clear act on files outside the cache; removing
+// the link itself touches nothing outside. A layout on a read-only file
+// system is still usable for reads if its folders are missing, but not if
+// one of them is a symlink.
+func (p Path) ensureDirs() error {
+	dirs := []string{p.Join(BlobsDir), p.Join(IngestDir)}
+	for _, alg := range Algorithms {
+		dirs = append(dirs, p.AlgorithmDir(alg))
+	}
+	for i, d := range dirs {
+		fi, err := os.Lstat(d)
+		switch {
+		case err == nil && fi.IsDir():
+			continue
+		case err == nil:
+			if rerr := os.Remove(d); rerr != nil {
+				return fmt.Errorf("cache dir %s: %w: %s is a %v, not a directory, and cannot be replaced: %v", p, ErrNotLayout, d, fi.Mode().Type(), rerr)
+			}
+		case !errors.Is(err, fs.ErrNotExist):
+			return fmt.Errorf("cache dir %s: %w", p, err)
+		}
+		if i >= 2 {
+			continue // blobs/<alg> is made by the first write of such a blob
+		}
+		// Best effort: a read-only layout is still a usable one for reads.
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) && !IsReadOnly(err) {
+			return fmt.Errorf("cache dir %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// CheckDir returns an error wrapping ErrNotLayout if dir, one of the
+// layout's own folders (blobs/, blobs/<alg>, ingest/), is a symlink or
+// anything else but a directory, and nil if it is a directory or missing.
+// Create replaces such entries; CheckDir guards the writes, sweeps and
+// removals of a process that opened the layout before one was planted, so
+// that they never act through a symlink on files outside the cache.
+func CheckDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil || fi.IsDir() {
+		return nil // a missing folder is made, or reported, by its user
+	}
+	return fmt.Errorf("%w: %s is a %v, not a directory; refusing to use it", ErrNotLayout, dir, fi.Mode().Type())
+}
+
 // onlyOurs reports whether a directory without oci-layout holds nothing but
 // what an interrupted Create of ours leaves behind (ingest/, blobs/,
-// index.json), so that Create can finish the job.
+// index.json), so that Create can finish the job. oci-layout itself counts
+// too: another process creating the same cache may have written it since
+// Create looked for it.
 func onlyOurs(entries []fs.DirEntry) bool {
 	for _, e := range entries {
 		switch e.Name() {
-		case IngestDir, BlobsDir, IndexFile, StatsFile:
+		case IngestDir, BlobsDir, IndexFile, StatsFile, LayoutFile, CorruptIndexFile:
 		default:
 			return false
 		}
@@ -123,9 +178,12 @@ func onlyOurs(entries []fs.DirEntry) bool {
 }
 
 func (p Path) isLayout() (bool, error) {
-	b, err := os.ReadFile(p.Join(LayoutFile))
+	b, err := readSmallFile(p.Join(LayoutFile), 64<<10)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
+	}
+	if errors.Is(err, errNotRegular) {
+		return false, fmt.Errorf("cache dir %s: %w: %v", p, ErrNotLayout, err)
 	}
 	if err != nil {
 		return false, fmt.Errorf("cache dir %s: %w", p, err)
@@ -147,17 +205,65 @@ func (p Path) init() error {
 			return fmt.Errorf("cache dir %s: %w", p, err)
 		}
 	}
-	if _, err := os.Stat(p.Join(IndexFile)); errors.Is(err, fs.ErrNotExist) {
-		b, err := json.Marshal(emptyIndex())
-		if err != nil {
-			return err
-		}
-		if err := p.writeFileAtomic(IndexFile, b); err != nil {
-			return err
-		}
+	if err := p.initIndex(); err != nil {
+		return err
 	}
 	b := []byte(`{"imageLayoutVersion":"` + layoutVersion + `"}`)
 	return p.writeFileAtomic(LayoutFile, b)
+}
+
+// initIndex writes an empty index.json if there is none, and never
+// replaces one. Processes that create one cache at once all find no
+// index.json at first; one that looked before another wrote the file, and
+// replaced it after that other had recorded a ref in it, would lose the
+// ref. So the file is published with link(2), which fails if the name
+// exists, rather than rename(2); a file system without hard links falls
+// back to a rename under the index lock, which UpdateIndex holds too.
+func (p Path) initIndex() error {
+	path := p.Join(IndexFile)
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	b, err := json.Marshal(emptyIndex())
+	if err != nil {
+		return err
+	}
+	f, err := p.CreateTemp(IndexFile + ".*.tmp")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, 0o644)
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	faultpoint.Hit(IndexFile + ":before-link")
+	err = os.Link(tmp, path)
+	switch {
+	case err == nil:
+		return SyncDir(string(p))
+	case errors.Is(err, fs.ErrExist):
+		return nil // another process made it first: keep theirs
+	}
+	l, lerr := p.LockIndex(context.Background())
+	if lerr != nil {
+		return fmt.Errorf("cache dir %s: %w", p, lerr)
+	}
+	defer l.Unlock()
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return p.writeFileAtomic(IndexFile, b)
 }
 
 // writeFileAtomic writes name below the root durably: a temp file in
@@ -170,6 +276,7 @@ func (p Path) writeFileAtomic(name string, data []byte) error {
 	}
 	tmp := f.Name()
 	_, err = f.Write(data)
+	faultpoint.Hit(name + ":temp-written")
 	if err == nil {
 		err = f.Sync()
 	}
@@ -180,13 +287,42 @@ func (p Path) writeFileAtomic(name string, data []byte) error {
 		err = os.Chmod(tmp, 0o644)
 	}
 	if err == nil {
+		faultpoint.Hit(name + ":before-rename")
 		err = os.Rename(tmp, p.Join(name))
 	}
 	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("writing %s: %w", p.Join(name), err)
 	}
+	faultpoint.Hit(name + ":after-rename")
 	return SyncDir(string(p))
+}
+
+// errNotRegular is what readSmallFile returns for a symlink, a directory,
+// a FIFO or a device at the path of one of the layout's files.
+var errNotRegular = errors.New("not a regular file")
+
+// readSmallFile reads the layout file at path, at most limit+1 bytes (so a
+// caller can tell a file over the limit). It never follows a symlink at
+// path and never blocks on a FIFO planted there: a hostile entry gives an
+// error wrapping errNotRegular, and its target is never read.
+func readSmallFile(path string, limit int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%s: %w: it is a symlink", path, errNotRegular)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w (%v)", path, errNotRegular, fi.Mode().Type())
+	}
+	return io.ReadAll(io.LimitReader(f, limit+1))
 }
 
 // SyncDir fsyncs a directory, so that a rename into it survives a power loss.

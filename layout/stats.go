@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
+
+	"github.com/ocibuild/layercache/internal/faultpoint"
 )
 
 // StatsFile holds the hit and miss counters that pulls record. It is not
@@ -20,17 +21,18 @@ const statsLockName = StatsFile + lockSuffix
 const maxStatsSize = 1 << 20
 
 // ReadStats returns the contents of the stats file, or nil if there is
-// none. It takes no lock: the file is only replaced by rename.
+// none. It takes no lock: the file is only replaced by rename. A symlink
+// or anything else but a regular file at its name counts as no file: its
+// target is never read, and the next update replaces it.
 func (p Path) ReadStats() ([]byte, error) {
-	f, err := os.Open(p.Join(StatsFile))
-	if errors.Is(err, fs.ErrNotExist) {
+	b, err := readSmallFile(p.Join(StatsFile), maxStatsSize)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotRegular) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", p.Join(StatsFile), err)
 	}
-	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, maxStatsSize))
+	return b, nil
 }
 
 // UpdateStats rewrites the stats file under its lock: fn gets the current
@@ -57,6 +59,7 @@ func (p Path) UpdateStats(ctx context.Context, fn func(old []byte) ([]byte, erro
 	}
 	tmp := f.Name()
 	_, err = f.Write(b)
+	faultpoint.Hit(StatsFile + ":temp-written")
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -64,11 +67,13 @@ func (p Path) UpdateStats(ctx context.Context, fn func(old []byte) ([]byte, erro
 		err = os.Chmod(tmp, 0o644)
 	}
 	if err == nil {
+		faultpoint.Hit(StatsFile + ":before-rename")
 		err = os.Rename(tmp, p.Join(StatsFile))
 	}
 	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("writing %s: %w", p.Join(StatsFile), err)
 	}
+	faultpoint.Hit(StatsFile + ":after-rename")
 	return nil
 }

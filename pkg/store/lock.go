@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/ocibuild/layercache/internal/faultpoint"
 )
 
 // blobLocks serialises, within one process, the holders of a digest's
@@ -73,6 +75,7 @@ func (s *Store) LockBlob(ctx context.Context, d digest.Digest) (unlock func(), e
 		s.locks.unlock(d)
 		return nil, ctx.Err()
 	}
+	faultpoint.Hit("blob:locked")
 	var once sync.Once
 	return func() {
 		once.Do(func() {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocibuild/layercache/internal/faultpoint"
 )
 
 // Policy says what Prune evicts. The zero Policy evicts nothing but still
@@ -94,11 +96,13 @@ func (s *Store) Prune(ctx context.Context, p Policy) (PruneReport, error) {
 				rep.KeptBytes += i.Size
 				continue
 			}
+			faultpoint.Hit("prune:evicted")
 		}
 		rep.Removed = append(rep.Removed, i)
 		rep.FreedBytes += i.Size
 		total -= i.Size
 	}
+	faultpoint.Hit("prune:before-index")
 	dropped, err := s.dropDanglingRefs(ctx, p.DryRun, rep.Removed)
 	if err != nil {
 		return rep, err
@@ -119,7 +123,7 @@ func (s *Store) evict(ctx context.Context, i Info) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	path, err := s.path.BlobPath(i.Digest)
+	path, err := s.blobPath(i.Digest)
 	if err != nil {
 		return false, err
 	}

@@ -152,7 +152,7 @@ func (s *Store) openFileNoTouch(ctx context.Context, d digest.Digest) (*os.File,
 	if err := ctx.Err(); err != nil {
 		return nil, nil, "", err
 	}
-	path, err := s.path.BlobPath(d)
+	path, err := s.blobPath(d)
 	if err != nil {
 		return nil, nil, "", err
 	}

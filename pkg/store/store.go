@@ -37,6 +37,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/internal/faultpoint"
 	"github.com/ocibuild/layercache/layout"
 )
 
@@ -77,7 +78,8 @@ type Info struct {
 // for which layout.IsReadOnly is true.
 //
 // Open sweeps ingest/ of temp files older than an hour that crashed writers
-// left behind.
+// left behind, and rebuilds an index.json that is not a valid OCI image
+// index from the blobs, with a warning (see layout.Path.RepairIndex).
 func Open(dir string, opts ...Option) (*Store, error) {
 	o, err := makeOptions(opts)
 	if err != nil {
@@ -88,6 +90,18 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{path: p, durable: o.durable, log: o.logger, now: o.now}
+	if _, err := p.ReadIndex(); errors.Is(err, layout.ErrBadIndex) {
+		// Reported here, where there is a logger; layout keeps the bad
+		// file as index.json.corrupt and lists what the blobs hold.
+		if rebuilt, n, rerr := p.RepairIndex(context.Background()); rerr != nil {
+			s.log.Warn("index.json is not a valid OCI image index and cannot be rebuilt; refs will not resolve offline",
+				"path", p.Join(layout.IndexFile), "err", err, "rebuild", rerr)
+		} else if rebuilt {
+			s.log.Warn("index.json was not a valid OCI image index; kept it as "+layout.CorruptIndexFile+
+				" and rebuilt it from the blobs, without ref names (warm the images again to name them)",
+				"path", p.Join(layout.IndexFile), "err", err, "images", n)
+		}
+	}
 	if n, err := p.Sweep(context.Background(), s.now().Add(-sweepAge)); err != nil {
 		s.log.Debug("sweeping ingest", "err", err)
 	} else if n > 0 {
@@ -109,7 +123,7 @@ func (s *Store) Stat(ctx context.Context, d digest.Digest) (Info, error) {
 	if err := ctx.Err(); err != nil {
 		return Info{}, err
 	}
-	path, err := s.path.BlobPath(d)
+	path, err := s.blobPath(d)
 	if err != nil {
 		return Info{}, err
 	}
@@ -129,7 +143,7 @@ func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	path, err := s.path.BlobPath(d)
+	path, err := s.blobPath(d)
 	if err != nil {
 		return err
 	}
@@ -156,8 +170,23 @@ func (s *Store) Clear(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	if blobs := s.path.Join(layout.BlobsDir); layout.CheckDir(blobs) != nil {
+		// A symlink planted at blobs/: remove the link, never what it
+		// points at. Nothing below it is ours.
+		if err := os.Remove(blobs); err != nil {
+			return fmt.Errorf("clearing %s: %w", blobs, err)
+		}
+	}
 	for _, alg := range layout.Algorithms {
 		dir := s.path.AlgorithmDir(alg)
+		if layout.CheckDir(dir) != nil {
+			// A symlink planted at blobs/<alg>: remove the link, never
+			// what it points at.
+			if err := os.Remove(dir); err != nil {
+				return fmt.Errorf("clearing %s: %w", dir, err)
+			}
+			continue
+		}
 		entries, err := os.ReadDir(dir)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -175,12 +204,29 @@ func (s *Store) Clear(ctx context.Context) error {
 			if err := os.RemoveAll(dir + string(os.PathSeparator) + e.Name()); err != nil {
 				return fmt.Errorf("clearing %s: %w", dir, err)
 			}
+			faultpoint.Hit("clear:removed")
 		}
 	}
 	if _, err := s.path.Sweep(ctx, s.now().Add(-sweepAge)); err != nil {
 		return err
 	}
 	return nil
+}
+
+// blobPath returns the path of the blob d, after checking that blobs/ and
+// blobs/<alg> are real directories: a symlink planted there after Open
+// must not make the store read, write or remove files outside the cache.
+func (s *Store) blobPath(d digest.Digest) (string, error) {
+	path, err := s.path.BlobPath(d)
+	if err != nil {
+		return "", err
+	}
+	for _, dir := range []string{s.path.Join(layout.BlobsDir), s.path.AlgorithmDir(d.Algorithm())} {
+		if err := layout.CheckDir(dir); err != nil {
+			return "", fmt.Errorf("blob %s: %w", d, err)
+		}
+	}
+	return path, nil
 }
 
 // mapErr turns a file-system error about the blob d at path into the

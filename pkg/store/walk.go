@@ -22,8 +22,14 @@ import (
 // between blobs. Blobs added or removed during the walk may or may not be
 // visited.
 func (s *Store) Walk(ctx context.Context, fn func(Info) error) error {
+	if layout.CheckDir(s.path.Join(layout.BlobsDir)) != nil {
+		return nil // a planted symlink holds no blob of ours
+	}
 	for _, alg := range layout.Algorithms {
 		dir := s.path.AlgorithmDir(alg)
+		if layout.CheckDir(dir) != nil {
+			continue // a planted symlink holds no blob of ours
+		}
 		f, err := os.Open(dir)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue

@@ -8,9 +8,11 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"syscall"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocibuild/layercache/internal/faultpoint"
 	"github.com/ocibuild/layercache/layout"
 )
 
@@ -145,11 +147,23 @@ func (w *Writer) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	w.h.Write(p)
 	w.n += int64(len(p))
+	faultpoint.HitBytes("blob:bytes", w.n)
 	if err != nil {
 		w.err = fmt.Errorf("writing %s: %w", w.f.Name(), err)
+		if isNoSpace(err) {
+			// Say it in words: EFBIG (a file size limit) reads "file
+			// too large", which does not tell a user what to free.
+			w.err = fmt.Errorf("writing %s: disk full: %w", w.f.Name(), err)
+		}
 		return len(p), w.err
 	}
 	return n, nil
+}
+
+// isNoSpace reports whether err means the disk (or the process's file
+// size limit) has no room for the blob.
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EFBIG)
 }
 
 // Size returns how many bytes were written so far.
@@ -167,6 +181,7 @@ func (w *Writer) Commit() (digest.Digest, error) {
 		return "", errors.New("commit of a committed or closed blob writer")
 	}
 	defer w.Close()
+	faultpoint.Hit("blob:temp-written")
 	if w.err != nil {
 		return "", w.err
 	}
@@ -181,7 +196,7 @@ func (w *Writer) Commit() (digest.Digest, error) {
 	if err := w.ctx.Err(); err != nil {
 		return "", err
 	}
-	final, err := w.s.path.BlobPath(name)
+	final, err := w.s.blobPath(name)
 	if err != nil {
 		return "", err
 	}
@@ -190,6 +205,7 @@ func (w *Writer) Commit() (digest.Digest, error) {
 			return "", fmt.Errorf("blob %s: syncing %s: %w", name, w.f.Name(), err)
 		}
 	}
+	faultpoint.Hit("blob:synced")
 	// Not fsynced by default, and that is safe: every read verifies, so a
 	// blob torn by a power loss is detected and fetched again.
 	if err := w.f.Close(); err != nil {
@@ -205,16 +221,19 @@ func (w *Writer) Commit() (digest.Digest, error) {
 		return "", fmt.Errorf("blob %s: %w", name, err)
 	}
 	dir := w.s.path.AlgorithmDir(name.Algorithm())
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("blob %s: %w", name, err)
 	}
 	// The rename is the commit point: a file at its final name is a
 	// whole blob whose bytes hashed to that name. Another process may
 	// have renamed the same bytes in already; replacing them is harmless.
+	faultpoint.Hit("blob:before-rename")
 	if err := os.Rename(tmp, final); err != nil {
 		return "", fmt.Errorf("blob %s: publishing %s: %w", name, final, err)
 	}
+	faultpoint.Hit("blob:after-rename")
 	if w.s.durable {
+		faultpoint.Hit("blob:before-dirsync")
 		if err := layout.SyncDir(dir); err != nil {
 			return "", fmt.Errorf("blob %s: %w", name, err)
 		}
