@@ -91,6 +91,7 @@ type Writer struct {
 	s        *Store
 	ctx      context.Context
 	f        *os.File
+	out      *pipeFile // writes to f from its own goroutine
 	h        hash.Hash
 	alg      digest.Algorithm
 	expected digest.Digest
@@ -121,7 +122,7 @@ func (s *Store) NewWriter(ctx context.Context, expected digest.Digest, size int6
 		}
 		return nil, err
 	}
-	return &Writer{s: s, ctx: ctx, f: f, h: alg.Hash(), alg: alg, expected: expected, size: size}, nil
+	return &Writer{s: s, ctx: ctx, f: f, out: newPipeFile(f), h: alg.Hash(), alg: alg, expected: expected, size: size}, nil
 }
 
 // Write writes p to the temp file and the hash. Writing more than the
@@ -144,20 +145,27 @@ func (w *Writer) Write(p []byte) (int, error) {
 		w.n += int64(len(p))
 		return len(p), w.err
 	}
-	n, err := w.f.Write(p)
+	// The file write happens in the pipe's goroutine, overlapping the
+	// hash below; its error surfaces on a later Write or in Commit.
+	err := w.out.Write(p)
 	w.h.Write(p)
 	w.n += int64(len(p))
 	faultpoint.HitBytes("blob:bytes", w.n)
 	if err != nil {
-		w.err = fmt.Errorf("writing %s: %w", w.f.Name(), err)
-		if isNoSpace(err) {
-			// Say it in words: EFBIG (a file size limit) reads "file
-			// too large", which does not tell a user what to free.
-			w.err = fmt.Errorf("writing %s: disk full: %w", w.f.Name(), err)
-		}
+		w.err = w.writeError(err)
 		return len(p), w.err
 	}
-	return n, nil
+	return len(p), nil
+}
+
+// writeError wraps an error of writing the temp file.
+func (w *Writer) writeError(err error) error {
+	if isNoSpace(err) {
+		// Say it in words: EFBIG (a file size limit) reads "file too
+		// large", which does not tell a user what to free.
+		return fmt.Errorf("writing %s: disk full: %w", w.f.Name(), err)
+	}
+	return fmt.Errorf("writing %s: %w", w.f.Name(), err)
 }
 
 // isNoSpace reports whether err means the disk (or the process's file
@@ -181,6 +189,9 @@ func (w *Writer) Commit() (digest.Digest, error) {
 		return "", errors.New("commit of a committed or closed blob writer")
 	}
 	defer w.Close()
+	if err := w.out.wait(); err != nil && w.err == nil {
+		w.err = w.writeError(err)
+	}
 	faultpoint.Hit("blob:temp-written")
 	if w.err != nil {
 		return "", w.err
@@ -248,6 +259,7 @@ func (w *Writer) Close() error {
 		return nil
 	}
 	w.done = true
+	w.out.wait()
 	w.f.Close()
 	if err := os.Remove(w.f.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("removing %s: %w", w.f.Name(), err)
