@@ -84,8 +84,12 @@ func (c *cacheAdapter) Get(h v1.Hash) (v1.Layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	sl := &storedLayer{s: c.s, d: d, h: h, size: info.Size, verified: rc}
-	runtime.AddCleanup(sl, func(rc io.Closer) { rc.Close() }, io.Closer(rc))
+	v := &verifiedFile{rc: rc}
+	sl := &storedLayer{s: c.s, d: d, h: h, size: info.Size, verified: v}
+	// The file is closed with the layer only if nobody took it: a reader
+	// handed out by Compressed outlives the layer (cache.Image drops the
+	// layer at once) and is its caller's to close.
+	runtime.AddCleanup(sl, (*verifiedFile).closeUntaken, v)
 	return partial.CompressedToLayer(sl)
 }
 
@@ -110,19 +114,36 @@ type storedLayer struct {
 	h    v1.Hash
 	size int64
 
-	mu       sync.Mutex
-	verified io.ReadCloser // opened and hashed by Get; served once
+	verified *verifiedFile // opened and hashed by Get; served once
+}
+
+// verifiedFile is a blob Get verified, waiting for its first reader.
+type verifiedFile struct {
+	mu sync.Mutex
+	rc io.ReadCloser
+}
+
+// take hands the file out, once.
+func (v *verifiedFile) take() io.ReadCloser {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	rc := v.rc
+	v.rc = nil
+	return rc
+}
+
+// closeUntaken closes the file if nobody took it.
+func (v *verifiedFile) closeUntaken() {
+	if rc := v.take(); rc != nil {
+		rc.Close()
+	}
 }
 
 func (l *storedLayer) Digest() (v1.Hash, error) { return l.h, nil }
 func (l *storedLayer) Size() (int64, error)     { return l.size, nil }
 
 func (l *storedLayer) Compressed() (io.ReadCloser, error) {
-	l.mu.Lock()
-	rc := l.verified
-	l.verified = nil
-	l.mu.Unlock()
-	if rc != nil {
+	if rc := l.verified.take(); rc != nil {
 		return rc, nil
 	}
 	rc, _, err := l.s.OpenVerified(context.Background(), l.d)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -283,5 +284,42 @@ func TestCache_GetMediaType(t *testing.T) {
 				t.Error("Uncompressed(): wrong bytes")
 			}
 		})
+	}
+}
+
+// A reader from Compressed of a layer Get returned must outlive the layer:
+// cache.Image drops the layer at once, and a cleanup that closed the file
+// when the layer was collected broke reads mid-stream.
+func TestCache_ReaderOutlivesLayer(t *testing.T) {
+	s, _ := openStore(t)
+	data := bytes.Repeat([]byte("layercache "), 200000)
+	d, err := s.Put(t.Context(), bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := v1.NewHash(d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := remotecache.Cache(s).Get(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	l = nil
+	_ = l
+	for range 3 {
+		runtime.GC()
+	}
+	got, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatalf("read after the layer was collected: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, want %d", len(got), len(data))
 	}
 }
