@@ -62,7 +62,7 @@ demo:
 	$(GO) run ./cmd/layercache demo
 
 ## bench: the benchmark harness of bench/ (issue 5): ~256 MiB images, 5 runs
-## per figure, about 10 minutes. Keep the machine otherwise idle. Prints a
+## per figure, 6-8 minutes on 2 cores. Keep the machine otherwise idle. Prints a
 ## markdown table and writes bench/results/<timestamp>.json.
 ## BENCH_FLAGS passes flags, e.g. BENCH_FLAGS='-only "cold pull" -profile /tmp/prof'.
 BENCH_BIN   := _build/bench
