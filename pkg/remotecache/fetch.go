@@ -364,6 +364,8 @@ func (t *teeReader) Read(b []byte) (int, error) {
 		}
 	} else if err != nil {
 		t.finish()
+		// A cut connection says only "unexpected EOF": name the blob.
+		err = fmt.Errorf("blob %s from %s: %w", t.d, t.p.repo, err)
 	}
 	return n, err
 }

@@ -66,6 +66,12 @@ func (l *layer) DiffID() (v1.Hash, error) {
 // Compressed implements v1.Layer: the blob verified from the store, or
 // streamed from the registry into the store at once.
 //
+// On a miss the reader holds the blob's download lock until it is closed,
+// so that other goroutines and processes wait for this download instead
+// of starting their own. Close each reader before opening the same
+// missing layer again from the same goroutine, or the second read waits
+// for the first (until the context given by WithContext ends).
+//
 // The blob is opened on the first Read, not here: ggcr's layout writer,
 // for one, opens every layer and closes the ones it already has unread,
 // and an unread open must neither hash a cached blob nor start a download
