@@ -160,12 +160,13 @@ func (w *Writer) Write(p []byte) (int, error) {
 
 // writeError wraps an error of writing the temp file.
 func (w *Writer) writeError(err error) error {
+	// err is an *os.PathError: it names the temp file already.
 	if isNoSpace(err) {
 		// Say it in words: EFBIG (a file size limit) reads "file too
 		// large", which does not tell a user what to free.
-		return fmt.Errorf("writing %s: disk full: %w", w.f.Name(), err)
+		return fmt.Errorf("writing blob: disk full: %w", err)
 	}
-	return fmt.Errorf("writing %s: %w", w.f.Name(), err)
+	return fmt.Errorf("writing blob: %w", err)
 }
 
 // isNoSpace reports whether err means the disk (or the process's file
