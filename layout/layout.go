@@ -270,6 +270,14 @@ func (p Path) initIndex() error {
 // ingest/, fsync, rename, fsync of the root directory. Readers see the old
 // file or the new one, never a torn one, even after a power loss.
 func (p Path) writeFileAtomic(name string, data []byte) error {
+	return p.replaceFile(name, data, true)
+}
+
+// replaceFile writes name below the root through a temp file in ingest/
+// and a rename, so readers see the old file or the new one, never a torn
+// one. With durable, the file is fsynced before the rename and the root
+// directory after, so the new file also survives a power loss.
+func (p Path) replaceFile(name string, data []byte, durable bool) error {
 	f, err := p.CreateTemp(name + ".*.tmp")
 	if err != nil {
 		return err
@@ -277,7 +285,7 @@ func (p Path) writeFileAtomic(name string, data []byte) error {
 	tmp := f.Name()
 	_, err = f.Write(data)
 	faultpoint.Hit(name + ":temp-written")
-	if err == nil {
+	if err == nil && durable {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -295,6 +303,9 @@ func (p Path) writeFileAtomic(name string, data []byte) error {
 		return fmt.Errorf("writing %s: %w", p.Join(name), err)
 	}
 	faultpoint.Hit(name + ":after-rename")
+	if !durable {
+		return nil
+	}
 	return SyncDir(string(p))
 }
 

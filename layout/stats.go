@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-
-	"github.com/ocibuild/layercache/internal/faultpoint"
 )
 
 // StatsFile holds the hit and miss counters that pulls record. It is not
@@ -53,27 +50,5 @@ func (p Path) UpdateStats(ctx context.Context, fn func(old []byte) ([]byte, erro
 	if err != nil {
 		return err
 	}
-	f, err := p.CreateTemp(StatsFile + ".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	faultpoint.Hit(StatsFile + ":temp-written")
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp, 0o644)
-	}
-	if err == nil {
-		faultpoint.Hit(StatsFile + ":before-rename")
-		err = os.Rename(tmp, p.Join(StatsFile))
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("writing %s: %w", p.Join(StatsFile), err)
-	}
-	faultpoint.Hit(StatsFile + ":after-rename")
-	return nil
+	return p.replaceFile(StatsFile, b, false)
 }

@@ -198,7 +198,7 @@ func (l *teeLayer) Compressed() (io.ReadCloser, error) {
 		// A read-only or full cache: serve the layer uncached.
 		return src, nil
 	}
-	return &storeTee{src: src, w: w}, nil
+	return &teeReader{d: l.d, size: size, src: src, w: w}, nil
 }
 
 func (l *teeLayer) Uncompressed() (io.ReadCloser, error) {
@@ -224,49 +224,3 @@ func (l *teeLayer) Uncompressed() (io.ReadCloser, error) {
 // its shortcuts. See partial.Descriptor and partial.Exists.
 func (l *teeLayer) Descriptor() (*v1.Descriptor, error) { return partial.Descriptor(l.Layer) }
 func (l *teeLayer) Exists() (bool, error)               { return partial.Exists(l.Layer) }
-
-// storeTee copies what its caller reads into a store Writer (nil: do not
-// store) and commits at a clean end; an error or an early Close abandons
-// the write. done, if set, runs once when the stream ends or is closed.
-type storeTee struct {
-	src  io.ReadCloser
-	w    *store.Writer
-	done func()
-}
-
-func (t *storeTee) Read(p []byte) (int, error) {
-	n, err := t.src.Read(p)
-	if n > 0 && t.w != nil {
-		if _, werr := t.w.Write(p[:n]); werr != nil {
-			t.w.Close()
-			t.w = nil
-		}
-	}
-	if err == io.EOF && t.w != nil {
-		_, cerr := t.w.Commit()
-		t.w = nil
-		if errors.Is(cerr, store.ErrDigestMismatch) {
-			err = cerr
-		}
-	}
-	if err != nil {
-		t.finish()
-	}
-	return n, err
-}
-
-func (t *storeTee) finish() {
-	if t.w != nil {
-		t.w.Close()
-		t.w = nil
-	}
-	if t.done != nil {
-		t.done()
-		t.done = nil
-	}
-}
-
-func (t *storeTee) Close() error {
-	t.finish()
-	return t.src.Close()
-}

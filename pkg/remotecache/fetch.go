@@ -266,7 +266,8 @@ func (p *puller) openLayer(ctx context.Context, d digest.Digest, size int64) (io
 		unlock()
 		return nil, false, err
 	}
-	t := &teeReader{p: p, d: d, size: size, src: src, unlock: unlock}
+	t := &teeReader{d: d, from: p.repo.String(), size: size, src: src, unlock: unlock,
+		noteWriteErr: p.noteStoreWriteError, fetched: p.stats.miss}
 	if lerr == nil {
 		if t.w, err = p.s.NewWriter(ctx, d, size); err != nil {
 			p.noteStoreWriteError(d, err)
@@ -318,99 +319,4 @@ func (p *puller) fetchBlob(ctx context.Context, d digest.Digest) (rc io.ReadClos
 	}
 	p.o.logger.Debug("fetching blob through ggcr's verifying reader (custom transport)", "digest", d)
 	return rc, false, nil
-}
-
-// teeReader streams a registry download to its caller and into a store
-// Writer at once. It commits the blob when the download ends cleanly and
-// the bytes matched; anything else (an error, a short body, a caller that
-// closes early) abandons the temp file. The Writer's hash is the only one
-// over a raw body; when there is no Writer (a read-only cache), v is.
-type teeReader struct {
-	p      *puller
-	d      digest.Digest
-	size   int64
-	src    io.ReadCloser
-	w      *store.Writer   // nil if the cache cannot be written
-	v      digest.Verifier // set when w is nil and the body is raw
-	unlock func()
-	n      int64
-	werr   bool // storing failed; w only hashes now
-	done   bool
-}
-
-func (t *teeReader) Read(b []byte) (int, error) {
-	n, err := t.src.Read(b)
-	t.n += int64(n)
-	if n > 0 {
-		switch {
-		case t.w != nil:
-			if _, werr := t.w.Write(b[:n]); werr != nil {
-				if errors.Is(werr, store.ErrDigestMismatch) {
-					t.finish()
-					return n, fmt.Errorf("blob %s from %s: registry sent more than the %d bytes the manifest says: %w", t.d, t.p.repo, t.size, store.ErrDigestMismatch)
-				}
-				if !t.werr {
-					t.werr = true
-					t.p.noteStoreWriteError(t.d, werr)
-				}
-			}
-		case t.v != nil:
-			t.v.Write(b[:n])
-		}
-	}
-	if err == io.EOF {
-		if verr := t.end(); verr != nil {
-			return n, verr
-		}
-	} else if err != nil {
-		t.finish()
-		// A cut connection says only "unexpected EOF": name the blob.
-		err = fmt.Errorf("blob %s from %s: %w", t.d, t.p.repo, err)
-	}
-	return n, err
-}
-
-// end checks a download that reached EOF and commits it. An error means
-// the bytes were wrong and the caller must not trust them.
-func (t *teeReader) end() error {
-	defer t.finish()
-	wrong := func(got string) error {
-		return fmt.Errorf("blob %s from %s: %w: registry sent %d bytes hashing to %s", t.d, t.p.repo, store.ErrDigestMismatch, t.n, got)
-	}
-	switch {
-	case t.w != nil:
-		if got := t.w.Digest(); got != t.d || (t.size >= 0 && t.n != t.size) {
-			return wrong(got.String())
-		}
-		w := t.w
-		t.w = nil
-		if _, err := w.Commit(); err != nil && !t.werr {
-			t.p.noteStoreWriteError(t.d, err)
-		}
-	case t.v != nil:
-		if !t.v.Verified() || (t.size >= 0 && t.n != t.size) {
-			return wrong("another digest")
-		}
-	}
-	t.p.stats.miss(t.n)
-	return nil
-}
-
-// finish abandons any uncommitted write and releases the digest lock.
-func (t *teeReader) finish() {
-	if t.done {
-		return
-	}
-	t.done = true
-	if t.w != nil {
-		t.w.Close()
-		t.w = nil
-	}
-	t.unlock()
-}
-
-func (t *teeReader) Close() error {
-	err := t.src.Close()
-	t.finish()
-	return err
 }

@@ -117,7 +117,9 @@ func (t *transportCache) blob(req *http.Request, d digest.Digest) (*http.Respons
 			w = nil
 		}
 	}
-	resp.Body = &storeTee{src: resp.Body, w: w, done: unlock}
+	// ggcr verifies the body above this transport, so without a Writer
+	// the tee only passes it through.
+	resp.Body = &teeReader{d: d, from: req.URL.Host, size: resp.ContentLength, src: resp.Body, w: w, unlock: unlock}
 	return resp, nil
 }
 

@@ -1,0 +1,126 @@
+package remotecache
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/ocibuild/layercache/pkg/store"
+)
+
+// teeReader streams a download to its caller and into a store Writer at
+// once: the pull path's misses, the Cache adapter's Put layers and the
+// Transport's blob misses all go through it. It commits the blob when the
+// stream ends cleanly and the bytes matched; anything else (an error, a
+// short body, a caller that closes early) abandons the temp file. The
+// Writer's hash is the only one over a raw body; when there is no Writer
+// (a read-only cache) and nothing else verifies the body, v is.
+type teeReader struct {
+	d    digest.Digest
+	from string // where the bytes come from, for errors; "" if unsaid
+	size int64  // expected size, or -1
+	src  io.ReadCloser
+	w    *store.Writer   // nil if the cache cannot be written
+	v    digest.Verifier // set when w is nil and the body is raw
+
+	noteWriteErr func(digest.Digest, error) // told once if storing fails; may be nil
+	fetched      func(n int64)              // told at a clean, matching end; may be nil
+	unlock       func()                     // released when the stream ends; may be nil
+
+	n    int64
+	werr bool // storing failed; w only hashes now
+	done bool
+}
+
+// subject names the blob, and its source, in errors.
+func (t *teeReader) subject() string {
+	if t.from == "" {
+		return "blob " + t.d.String()
+	}
+	return "blob " + t.d.String() + " from " + t.from
+}
+
+func (t *teeReader) Read(b []byte) (int, error) {
+	n, err := t.src.Read(b)
+	t.n += int64(n)
+	if n > 0 {
+		switch {
+		case t.w != nil:
+			if _, werr := t.w.Write(b[:n]); werr != nil {
+				if errors.Is(werr, store.ErrDigestMismatch) {
+					t.finish()
+					return n, fmt.Errorf("%s: more than the expected %d bytes: %w", t.subject(), t.size, store.ErrDigestMismatch)
+				}
+				if !t.werr {
+					t.werr = true
+					if t.noteWriteErr != nil {
+						t.noteWriteErr(t.d, werr)
+					}
+				}
+			}
+		case t.v != nil:
+			t.v.Write(b[:n])
+		}
+	}
+	if err == io.EOF {
+		if verr := t.end(); verr != nil {
+			return n, verr
+		}
+	} else if err != nil {
+		t.finish()
+		// A cut connection says only "unexpected EOF": name the blob.
+		err = fmt.Errorf("%s: %w", t.subject(), err)
+	}
+	return n, err
+}
+
+// end checks a stream that reached EOF and commits it. An error means
+// the bytes were wrong and the caller must not trust them.
+func (t *teeReader) end() error {
+	defer t.finish()
+	wrong := func(got string) error {
+		return fmt.Errorf("%s: %w: %d bytes hashing to %s", t.subject(), store.ErrDigestMismatch, t.n, got)
+	}
+	switch {
+	case t.w != nil:
+		if got := t.w.Digest(); got != t.d || (t.size >= 0 && t.n != t.size) {
+			return wrong(got.String())
+		}
+		w := t.w
+		t.w = nil
+		if _, err := w.Commit(); err != nil && !t.werr && t.noteWriteErr != nil {
+			t.noteWriteErr(t.d, err)
+		}
+	case t.v != nil:
+		if !t.v.Verified() || (t.size >= 0 && t.n != t.size) {
+			return wrong("another digest")
+		}
+	}
+	if t.fetched != nil {
+		t.fetched(t.n)
+	}
+	return nil
+}
+
+// finish abandons any uncommitted write and releases the digest lock.
+func (t *teeReader) finish() {
+	if t.done {
+		return
+	}
+	t.done = true
+	if t.w != nil {
+		t.w.Close()
+		t.w = nil
+	}
+	if t.unlock != nil {
+		t.unlock()
+	}
+}
+
+func (t *teeReader) Close() error {
+	err := t.src.Close()
+	t.finish()
+	return err
+}
