@@ -8,12 +8,16 @@ import (
 // pipeDepth is how many chunks may wait for the file-writing goroutine,
 // and pipeChunk their size. Eight 256 KiB chunks absorb the jitter
 // between a download and the disk; a Writer holds at most 2.5 MiB of them,
-// recycled through its own free list (sync.Pool would drop them under the
-// race detector and in GC cycles, and allocate per chunk).
+// recycled through its own free list while it writes, and handed to
+// chunkPool when it is done, so that the next Writer (Warm runs many at
+// once) starts with chunks that are already mapped instead of fresh
+// memory for the GC to clear and collect.
 const (
 	pipeDepth = 8
 	pipeChunk = 256 << 10
 )
+
+var chunkPool = sync.Pool{New: func() any { return new([pipeChunk]byte) }}
 
 // pipeFile writes to a file from a goroutine of its own, so that on a
 // miss the copy into the page cache overlaps the download and the hash
@@ -98,16 +102,24 @@ func (p *pipeFile) wait() error {
 		close(p.work)
 	}
 	<-p.done
-	return p.failed()
+	// Every chunk is back on the free list (or dropped): lend them on.
+	for {
+		select {
+		case b := <-p.free:
+			chunkPool.Put((*[pipeChunk]byte)(b[:pipeChunk]))
+		default:
+			return p.failed()
+		}
+	}
 }
 
-// get returns an empty chunk from the free list, or a new one.
+// get returns an empty chunk from the free list, or from chunkPool.
 func (p *pipeFile) get() []byte {
 	select {
 	case b := <-p.free:
 		return b[:0]
 	default:
-		return make([]byte, 0, pipeChunk)
+		return chunkPool.Get().(*[pipeChunk]byte)[:0]
 	}
 }
 

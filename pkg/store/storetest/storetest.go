@@ -77,8 +77,8 @@ func Blob(seed uint64, n int) []byte {
 	return b
 }
 
-// largeSize crosses the store's 1 MiB read buffer, so that reads and writes
-// take several rounds and a partial last one.
+// largeSize crosses the store's read buffer and its read-ahead threshold,
+// so that reads and writes take several rounds and a partial last one.
 const largeSize = 1<<20 + 1<<19 + 3
 
 func mustPut(t *testing.T, s *store.Store, data []byte) digest.Digest {
