@@ -135,7 +135,7 @@ Credentials come from the Docker config, as with crane and docker.`,
 	f := cmd.Flags()
 	f.StringVar(&platform, "platform", "", "platform to warm from an image index, os/arch[/variant] (default linux/amd64)")
 	f.BoolVar(&allPlatforms, "all-platforms", false, "warm every platform of an image index")
-	f.IntVarP(&jobs, "jobs", "j", 8, "blobs to fetch or verify at once")
+	f.IntVarP(&jobs, "jobs", "j", remotecache.DefaultJobs, "blobs to fetch or verify at once")
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the registry")
 	f.BoolVar(&offline, "offline", false, "use only the cache: resolve tags from index.json, fetch nothing")
 	return cmd

@@ -21,7 +21,6 @@ const (
 	ClassCorrupted      = "corrupted"       // store.ErrCorrupted
 	ClassDigestMismatch = "digest-mismatch" // store.ErrDigestMismatch: wrong bytes refused
 	ClassRegistryBytes  = "registry-bytes"  // ggcr refused wrong bytes (its own checks)
-	ClassDiffID         = "diffid-mismatch" // remotecache.ErrDiffIDMismatch
 	ClassInvalidDigest  = "invalid-digest"  // store.ErrInvalidDigest
 	ClassOffline        = "offline"         // remotecache.ErrOffline
 	ClassStatus         = "registry-status" // an HTTP error status from the registry
@@ -45,8 +44,6 @@ func Classify(err error) string {
 		return ClassCorrupted
 	case errors.Is(err, store.ErrDigestMismatch):
 		return ClassDigestMismatch
-	case errors.Is(err, remotecache.ErrDiffIDMismatch):
-		return ClassDiffID
 	case errors.Is(err, store.ErrNotFound):
 		return ClassNotFound
 	case errors.Is(err, store.ErrInvalidDigest):

@@ -201,6 +201,8 @@ func (l *teeLayer) Compressed() (io.ReadCloser, error) {
 	return &teeReader{d: l.d, size: size, src: src, w: w}, nil
 }
 
+// Uncompressed decompresses Compressed; see layer.Uncompressed for why the
+// output is not hashed again.
 func (l *teeLayer) Uncompressed() (io.ReadCloser, error) {
 	rc, err := l.Compressed()
 	if err != nil {
@@ -211,13 +213,7 @@ func (l *teeLayer) Uncompressed() (io.ReadCloser, error) {
 		rc.Close()
 		return nil, fmt.Errorf("layer %s: %w", l.d, err)
 	}
-	diffID, err := l.Layer.DiffID()
-	if err != nil {
-		u.Close()
-		return nil, err
-	}
-	h, _ := l.Layer.Digest()
-	return newDiffIDReader(u, diffID, h), nil
+	return u, nil
 }
 
 // Descriptor and Exists forward the inner layer's, so remote.Write keeps

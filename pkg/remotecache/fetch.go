@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocibuild/layercache/layout"
@@ -57,58 +58,143 @@ func newPuller(s *store.Store, o *options, repo name.Repository) *puller {
 // when it can and from the registry when it must. A digest reference
 // needs no network once cached. A tag asks the registry for its current
 // digest, and falls back to index.json when offline or unreachable.
-func (p *puller) resolve(ctx context.Context, ref name.Reference) (v1.Descriptor, []byte, error) {
+//
+// Call release once the ref is recorded in index.json (or the pull gave
+// up): for a tag the cache has not seen, it holds the tag's lock, so that
+// processes pulling the same new tag at once fetch its manifest once (see
+// resolveTag).
+func (p *puller) resolve(ctx context.Context, ref name.Reference) (desc v1.Descriptor, raw []byte, release func(), err error) {
+	release = func() {}
 	var d digest.Digest
 	switch r := ref.(type) {
 	case name.Digest:
 		dd, err := digest.Parse(r.DigestStr())
 		if err != nil {
-			return v1.Descriptor{}, nil, fmt.Errorf("%s: %w", ref, store.ErrInvalidDigest)
+			return v1.Descriptor{}, nil, release, fmt.Errorf("%s: %w", ref, store.ErrInvalidDigest)
 		}
 		d = dd
 	default:
-		dd, err := p.resolveTag(ctx, ref)
+		dd, raw, unlock, err := p.resolveTag(ctx, ref)
 		if err != nil {
-			return v1.Descriptor{}, nil, err
+			return v1.Descriptor{}, nil, release, err
+		}
+		release = unlock
+		if raw != nil {
+			return v1.Descriptor{MediaType: sniffMediaType(raw), Digest: toHash(dd), Size: int64(len(raw))}, raw, release, nil
 		}
 		d = dd
 	}
-	raw, err := p.manifest(ctx, d)
+	raw, err = p.manifest(ctx, d)
 	if err != nil {
-		return v1.Descriptor{}, nil, err
+		release()
+		return v1.Descriptor{}, nil, func() {}, err
 	}
-	return v1.Descriptor{MediaType: sniffMediaType(raw), Digest: toHash(d), Size: int64(len(raw))}, raw, nil
+	return v1.Descriptor{MediaType: sniffMediaType(raw), Digest: toHash(d), Size: int64(len(raw))}, raw, release, nil
 }
 
-func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (digest.Digest, error) {
-	if !p.offline {
-		rp, err := p.remote()
-		if err != nil {
-			return "", err
+// resolveTag finds the digest a tag names.
+//
+// A tag the cache has recorded is asked for with a HEAD, which registries
+// answer from their index (Docker Hub does not count it against its pull
+// limit), and the manifest then comes from the store unless the tag moved.
+//
+// A tag the cache never saw is fetched with one GET, which also returns
+// the manifest (raw): a HEAD first would add a round trip to every cold
+// pull and save nothing. That GET is made under the tag's lock, which the
+// caller releases (unlock) once it has recorded the tag: processes pulling
+// the same new tag at once wait for the first, then find the tag recorded
+// and ask with a HEAD. So the registry sees one GET of the manifest, as it
+// did when every pull started with a HEAD.
+func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.Digest, raw []byte, unlock func(), err error) {
+	noop := func() {}
+	cached, cerr := p.s.Resolve(ctx, ref.Name())
+	if p.offline {
+		if cerr != nil {
+			return "", nil, noop, fmt.Errorf("resolving %s offline: the tag was never warmed into this cache: %w", ref, ErrOffline)
 		}
-		desc, err := rp.Head(ctx, ref)
-		if err == nil {
-			return toDigest(desc.Digest)
-		}
-		if !unreachable(err) {
-			return "", fmt.Errorf("resolving %s: %w", ref, err)
-		}
-		cached, rerr := p.s.Resolve(ctx, ref.Name())
-		if rerr != nil {
-			// ErrOffline as documented, with the network error beside it.
-			return "", fmt.Errorf("resolving %s: registry unreachable and the tag was never warmed: %w: %w", ref, ErrOffline, err)
-		}
-		p.offline = true
-		p.o.warnOnce.warn("offline", "registry unreachable; tag resolved offline from the cache's index.json",
-			"ref", ref.Name(), "digest", cached.Digest, "err", err)
-		return cached.Digest, nil
+		p.o.warnOnce.warn("offline", "tag resolved offline from the cache's index.json", "ref", ref.Name(), "digest", cached.Digest)
+		return cached.Digest, nil, noop, nil
 	}
-	cached, err := p.s.Resolve(ctx, ref.Name())
+	rp, err := p.remote()
 	if err != nil {
-		return "", fmt.Errorf("resolving %s offline: the tag was never warmed into this cache: %w", ref, ErrOffline)
+		return "", nil, noop, err
 	}
-	p.o.warnOnce.warn("offline", "tag resolved offline from the cache's index.json", "ref", ref.Name(), "digest", cached.Digest)
-	return cached.Digest, nil
+	if cerr != nil {
+		// A read-only cache gives an error with a working in-process
+		// lock: go on without the other processes, as openLayer does.
+		unlock, lerr := p.s.LockBlob(ctx, tagLockKey(ref))
+		if unlock == nil {
+			return "", nil, noop, fmt.Errorf("resolving %s: %w", ref, lerr)
+		}
+		// Whoever held the lock may have recorded the tag meanwhile.
+		if cached, cerr = p.s.Resolve(ctx, ref.Name()); cerr != nil {
+			d, raw, err := p.getByTag(ctx, rp, ref)
+			switch {
+			case err == nil:
+				return d, raw, unlock, nil
+			case unreachable(err):
+				unlock()
+				// ErrOffline as documented, with the network error beside it.
+				return "", nil, noop, fmt.Errorf("resolving %s: registry unreachable and the tag was never warmed: %w: %w", ref, ErrOffline, err)
+			default:
+				unlock()
+				return "", nil, noop, fmt.Errorf("resolving %s: %w", ref, err)
+			}
+		}
+		unlock()
+	}
+	desc, err := rp.Head(ctx, ref)
+	if err == nil {
+		d, err := toDigest(desc.Digest)
+		return d, nil, noop, err
+	}
+	if !unreachable(err) {
+		return "", nil, noop, fmt.Errorf("resolving %s: %w", ref, err)
+	}
+	p.offline = true
+	p.o.warnOnce.warn("offline", "registry unreachable; tag resolved offline from the cache's index.json",
+		"ref", ref.Name(), "digest", cached.Digest, "err", err)
+	return cached.Digest, nil, noop, nil
+}
+
+// tagLockKey names the lock of a tag's first fetch. The store's locks are
+// per digest, so the tag gets a digest of its own, which no blob has.
+func tagLockKey(ref name.Reference) digest.Digest {
+	return digest.FromString("layercache: GET of the manifest of tag " + ref.Name())
+}
+
+// getByTag fetches the manifest or index a tag names, checks it against
+// the digest the registry says it sent (see claim in handoff.go), and
+// stores it under the digest of its bytes.
+func (p *puller) getByTag(ctx context.Context, rp *remote.Puller, ref name.Reference) (digest.Digest, []byte, error) {
+	cctx, c := withClaim(ctx)
+	desc, err := rp.Get(cctx, ref)
+	if err != nil {
+		return "", nil, err
+	}
+	raw := desc.Manifest
+	if len(raw) > maxManifestSize {
+		return "", nil, fmt.Errorf("manifest of %s: larger than %d bytes", ref, maxManifestSize)
+	}
+	// A registry that sends no header (or a signed schema 1 manifest,
+	// whose header names the manifest without its signatures) leaves
+	// nothing to check, as a GET by tag through ggcr does.
+	if claimed, mt := c.get(); claimed != "" && mt != string(types.DockerManifestSchema1Signed) {
+		cd, err := digest.Parse(claimed)
+		if err != nil {
+			return "", nil, fmt.Errorf("manifest of %s: registry sent an invalid Docker-Content-Digest %q: %w", ref, claimed, store.ErrInvalidDigest)
+		}
+		if got := cd.Algorithm().FromBytes(raw); got != cd {
+			return "", nil, fmt.Errorf("manifest of %s: %w: registry said it sent %s, but the %d bytes hash to %s",
+				ref, store.ErrDigestMismatch, cd, len(raw), got)
+		}
+	}
+	d := digest.FromBytes(raw)
+	p.stats.miss(int64(len(raw)))
+	if err := p.s.PutVerified(ctx, d, int64(len(raw)), bytes.NewReader(raw)); err != nil {
+		p.noteStoreWriteError(d, err)
+	}
+	return d, raw, nil
 }
 
 // unreachable reports whether err means the registry could not be

@@ -64,6 +64,10 @@ func (t *handoffTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	if err != nil || resp.StatusCode != http.StatusOK || req.Method != http.MethodGet {
 		return resp, err
 	}
+	if c, _ := req.Context().Value(claimKey{}).(*claim); c != nil && strings.Contains(req.URL.Path, "/manifests/") {
+		c.set(resp.Header.Get("Docker-Content-Digest"), resp.Header.Get("Content-Type"))
+		return resp, nil
+	}
 	h, _ := req.Context().Value(handoffKey{}).(*handoff)
 	if h == nil || !isBlobGet(req, h.d) {
 		return resp, nil
@@ -91,4 +95,38 @@ func isBlobGet(req *http.Request, d digest.Digest) bool {
 		r = r.Response.Request
 	}
 	return false
+}
+
+// A manifest fetched by tag has no digest to check it against, but the
+// registry names the digest of what it sends in the Docker-Content-Digest
+// header, which ggcr does not compare with the body of a GET by tag. The
+// same transport notes the header so that remotecache can: one GET by tag
+// is then checked as well as a HEAD followed by a GET by digest.
+
+type claimKey struct{}
+
+// claim holds the headers of a manifest response.
+type claim struct {
+	mu        sync.Mutex
+	digest    string
+	mediaType string
+}
+
+func (c *claim) set(d, mediaType string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.digest, c.mediaType = d, mediaType
+}
+
+func (c *claim) get() (d, mediaType string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.digest, c.mediaType
+}
+
+// withClaim returns a context under which the headers of manifest
+// responses are noted in c.
+func withClaim(ctx context.Context) (context.Context, *claim) {
+	c := &claim{}
+	return context.WithValue(ctx, claimKey{}, c), c
 }

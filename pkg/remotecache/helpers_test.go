@@ -134,6 +134,13 @@ func (r *testRegistry) totalBlobGets() (n int, bytes int64) {
 	return n, r.blobBytes
 }
 
+// heads returns how many HEADs of manifests there were since the last reset.
+func (r *testRegistry) heads() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.manifestHeads
+}
+
 func (r *testRegistry) manifestGetsOf(ref string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -38,11 +38,12 @@ func Image(ref name.Reference, s *store.Store, opts ...Option) (v1.Image, error)
 		return nil, err
 	}
 	p := newPuller(s, o, ref.Context())
-	desc, raw, err := p.resolve(o.ctx, ref)
+	desc, raw, release, err := p.resolve(o.ctx, ref)
 	if err != nil {
 		return nil, err
 	}
 	p.recordRef(o.ctx, ref, desc)
+	release()
 	if desc.MediaType.IsIndex() {
 		return p.platformImage(o.ctx, ref, desc, raw)
 	}

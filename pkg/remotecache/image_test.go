@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/opencontainers/go-digest"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,9 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/remotecache"
@@ -58,15 +60,21 @@ func TestImage_ColdThenWarm(t *testing.T) {
 			if n != wantBytes {
 				t.Errorf("cold: registry sent %d blob bytes, want %d", n, wantBytes)
 			}
-			if got := reg.manifestGetsOf(fx.digest.String()); got != 1 {
-				t.Errorf("cold: %d GETs of the manifest by digest, want 1", got)
+			// A tag the cache never saw: one GET by tag, no HEAD first.
+			if got, heads := reg.manifestGetsOf("v1"), reg.heads(); got != 1 || heads != 0 {
+				t.Errorf("cold: %d GETs of the manifest by tag and %d HEADs, want 1 and 0", got, heads)
+			}
+			if got := reg.manifestDigestGets(); got != 0 {
+				t.Errorf("cold: %d GETs of the manifest by digest, want 0", got)
 			}
 		case "warm":
 			if gets != 0 || n != 0 {
 				t.Errorf("warm: %d blob GETs (%d bytes), want 0", gets, n)
 			}
-			if got := reg.manifestDigestGets(); got != 0 {
-				t.Errorf("warm: %d GETs of manifests by digest, want 0", got)
+			// A tag the cache recorded: a HEAD, and the manifest from
+			// the store.
+			if got, heads := reg.manifestGetsOf("v1")+reg.manifestDigestGets(), reg.heads(); got != 0 || heads != 1 {
+				t.Errorf("warm: %d GETs of manifests and %d HEADs, want 0 and 1", got, heads)
 			}
 		}
 	}
@@ -787,6 +795,9 @@ func TestImage_Uncompressed(t *testing.T) {
 	}
 }
 
+// A config whose diff ID does not match its layer is the image's fault,
+// not the cache's: Uncompressed serves the verified blob's contents, as
+// ggcr's remote layers do, and validate.Image reports the image.
 func TestImage_DiffIDMismatch(t *testing.T) {
 	reg := newTestRegistry(t)
 	img := withWrongDiffID(t, randomImage(t, 12, 2, 4096), 1)
@@ -798,26 +809,17 @@ func TestImage_DiffIDMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	ls := must(ci.Layers())
-	// The first layer is fine.
-	if got := readAll(t, ls[0].Uncompressed); !bytes.Equal(got, fx.uncomp[fx.layers[0]]) {
-		t.Error("layer 0: wrong bytes")
-	}
 	for pass := range 2 { // cold, then from the cache
-		rc, err := ls[1].Uncompressed()
-		if err != nil {
-			t.Fatal(err)
+		for i, l := range ls {
+			if got := readAll(t, l.Uncompressed); !bytes.Equal(got, fx.uncomp[fx.layers[i]]) {
+				t.Errorf("pass %d: layer %d Uncompressed: wrong bytes", pass, i)
+			}
 		}
-		b, err := io.ReadAll(rc)
-		rc.Close()
-		if !errors.Is(err, remotecache.ErrDiffIDMismatch) {
-			t.Errorf("pass %d: reading Uncompressed to the end: %v (%d bytes), want ErrDiffIDMismatch", pass, err, len(b))
-		}
-	}
-	// The compressed blob itself is right, and stays cached.
-	if got := readAll(t, ls[1].Compressed); !bytes.Equal(got, fx.comp[fx.layers[1]]) {
-		t.Error("layer 1 Compressed: wrong bytes")
 	}
 	assertStored(t, s, fx.layers[1])
+	if err := validate.Image(ci); err == nil || !strings.Contains(err.Error(), "diff") {
+		t.Errorf("validate.Image of an image with a wrong diff ID: %v, want a diff ID mismatch", err)
+	}
 }
 
 // Pushing a cached base plus a new layer to another repository mounts the
@@ -980,5 +982,47 @@ func TestLayer_CloseUnread(t *testing.T) {
 		if _, err := s.Stat(t.Context(), digest.Digest(h.String())); err == nil {
 			t.Errorf("layer %s cached without being read", h)
 		}
+	}
+}
+
+// A manifest fetched by tag is checked against the Docker-Content-Digest
+// the registry sent with it, as a HEAD and a GET by digest would check it:
+// a body changed on the way is refused, and neither stored nor recorded
+// under the tag.
+func TestImage_TagManifestCheckedAgainstHeader(t *testing.T) {
+	reg := newTestRegistry(t)
+	reg.pushImage(t, "test/img:v1", randomImage(t, 21, 1, 1024))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		rec := httptest.NewRecorder()
+		reg.ServeHTTP(rec, req)
+		body := rec.Body.Bytes()
+		if req.Method == http.MethodGet && strings.HasSuffix(req.URL.Path, "/manifests/v1") {
+			body = append(bytes.TrimRight(body, "\n"), ' ') // the same JSON, other bytes
+		}
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.Header().Del("Content-Length")
+		w.WriteHeader(rec.Code)
+		w.Write(body)
+	}))
+	defer srv.Close()
+	ref, err := name.ParseReference(strings.TrimPrefix(srv.URL, "http://") + "/test/img:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := openStore(t)
+	if _, err := remotecache.Image(ref, s, fast); !errors.Is(err, store.ErrDigestMismatch) {
+		t.Fatalf("Image with a manifest that does not match its Docker-Content-Digest: %v, want ErrDigestMismatch", err)
+	}
+	var stored []string
+	if err := s.Walk(t.Context(), func(i store.Info) error { stored = append(stored, i.Digest.String()); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(stored) != 0 {
+		t.Errorf("the store kept %v", stored)
+	}
+	if d, err := s.Resolve(t.Context(), ref.Name()); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the tag resolves to %v (%v), want ErrNotFound", d.Digest, err)
 	}
 }

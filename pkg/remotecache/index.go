@@ -21,10 +21,11 @@ func Index(ref name.Reference, s *store.Store, opts ...Option) (v1.ImageIndex, e
 		return nil, err
 	}
 	p := newPuller(s, o, ref.Context())
-	desc, raw, err := p.resolve(o.ctx, ref)
+	desc, raw, release, err := p.resolve(o.ctx, ref)
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	if !desc.MediaType.IsIndex() {
 		return nil, fmt.Errorf("%s: %s is an image (%s), not an index", ref, desc.Digest, desc.MediaType)
 	}

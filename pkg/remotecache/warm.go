@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -65,10 +66,13 @@ func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Optio
 	p := newPuller(s, o, ref.Context())
 	p.stats.record = nil // recorded once, at the end
 	rep := Report{Ref: ref.Name()}
-	desc, raw, err := p.resolve(ctx, ref)
+	// A new tag stays locked until it is recorded below, so that other
+	// processes warming it wait and then resolve it with a HEAD.
+	desc, raw, release, err := p.resolve(ctx, ref)
 	if err != nil {
 		return rep, err
 	}
+	defer release()
 	rep.Digest = desc.Digest.String()
 	rep.MediaType = string(desc.MediaType)
 	rep.Offline = p.offline
@@ -209,6 +213,10 @@ func (p *puller) verifyCached(ctx context.Context, d digest.Digest) (bool, error
 	}
 }
 
+// copyBufPool holds the read buffers of fetchInto: Warm runs many at once,
+// and fresh buffers for each would be garbage for the GC to clear.
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
 // fetchInto downloads d into the store under its per-digest lock. It
 // reports true if, once the lock was taken, another goroutine or process
 // had already stored it.
@@ -236,7 +244,9 @@ func (p *puller) fetchInto(ctx context.Context, d digest.Digest, size int64, pro
 		return false, err
 	}
 	defer w.Close()
-	buf := make([]byte, 1<<20)
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	buf := *bp
 	for {
 		if err := ctx.Err(); err != nil {
 			return false, err

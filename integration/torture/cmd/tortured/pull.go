@@ -78,11 +78,17 @@ func pullImage(ctx context.Context, s *store.Store, img imageSpec, opts []remote
 			if err != nil {
 				return p, bad, err
 			}
-			// The diff ID check is the reader's: an error at its end.
-			_, _, err = hashAll(rc)
+			got, _, err := hashAll(rc)
 			rc.Close()
 			if err != nil {
 				return p, bad, err
+			}
+			cf, err := v1.ParseConfigFile(bytes.NewReader(cfg))
+			if err != nil {
+				return p, bad, err
+			}
+			if want := cf.RootFS.DiffIDs[0].String(); string(got) != want {
+				bad = append(bad, fmt.Sprintf("pull %s: layer 0 uncompressed to bytes hashing to %s, want the diff ID %s", img.ref, got, want))
 			}
 		}
 	}
