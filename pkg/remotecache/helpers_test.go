@@ -794,6 +794,21 @@ func tryReadAll(open func() (io.ReadCloser, error)) ([]byte, error) {
 	return b, err
 }
 
+// tryCopyAll is tryReadAll through io.Copy, which uses the reader's
+// WriteTo.
+func tryCopyAll(open func() (io.ReadCloser, error)) ([]byte, error) {
+	rc, err := open()
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	_, err = io.Copy(&b, rc)
+	if cerr := rc.Close(); err == nil {
+		err = cerr
+	}
+	return b.Bytes(), err
+}
+
 // zstdLayer is a zstd-compressed layer of a small tar.
 func zstdLayer(t testing.TB) v1.Layer {
 	t.Helper()

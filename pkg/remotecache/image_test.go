@@ -402,52 +402,108 @@ func TestImage_BadRegistryBytesNotCached(t *testing.T) {
 		// A transport of the caller's: ggcr's verifying reader.
 		{"caller's transport", true, []remotecache.Option{remotecache.WithRemote(remote.WithTransport(http.DefaultTransport))}},
 	}
+	// io.ReadAll reads with Read; io.Copy takes the layer's WriteTo, which
+	// streams through the store Writer's ReadFrom.
+	consumers := []struct {
+		name string
+		read func(func() (io.ReadCloser, error)) ([]byte, error)
+	}{{"Read", tryReadAll}, {"WriteTo", tryCopyAll}}
 	for _, tc := range tests {
 		for _, mode := range modes {
-			writable := mode.writable
-			t.Run(tc.name+"/"+mode.name, func(t *testing.T) {
-				s, dir := openStore(t)
-				if !writable {
-					breakIngest(t, dir)
-				}
-				reg.reset()
-				reg.setFault(target, tc.fault)
-				img, err := remotecache.Image(fx.ref, s, append(mode.opts, fast)...)
-				if err != nil {
-					t.Fatal(err)
-				}
-				l, err := img.LayerByDigest(target)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if b, err := tryReadAll(l.Compressed); err == nil {
-					t.Fatalf("Compressed(): read %d bytes with no error", len(b))
-				}
-				if b, err := tryReadAll(l.Uncompressed); err == nil {
-					t.Fatalf("Uncompressed(): read %d bytes with no error", len(b))
-				}
-				assertNotStored(t, s, target)
-				if writable {
-					if litter := ingestLitter(t, dir); len(litter) > 0 {
-						t.Errorf("ingest/ holds %v after the failed download", litter)
+			for _, consumer := range consumers {
+				writable := mode.writable
+				tryReadAll := consumer.read
+				t.Run(tc.name+"/"+mode.name+"/"+consumer.name, func(t *testing.T) {
+					s, dir := openStore(t)
+					if !writable {
+						breakIngest(t, dir)
 					}
-				}
-
-				// The failure poisoned nothing: once the registry is
-				// right, the layer reads (and is cached, if it can be).
-				reg.clearFaults()
-				if got := readAll(t, l.Compressed); !bytes.Equal(got, fx.comp[target]) {
-					t.Error("Compressed() after the fault cleared: wrong bytes")
-				}
-				if !writable {
+					reg.reset()
+					reg.setFault(target, tc.fault)
+					img, err := remotecache.Image(fx.ref, s, append(mode.opts, fast)...)
+					if err != nil {
+						t.Fatal(err)
+					}
+					l, err := img.LayerByDigest(target)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if b, err := tryReadAll(l.Compressed); err == nil {
+						t.Fatalf("Compressed(): read %d bytes with no error", len(b))
+					}
+					if b, err := tryReadAll(l.Uncompressed); err == nil {
+						t.Fatalf("Uncompressed(): read %d bytes with no error", len(b))
+					}
 					assertNotStored(t, s, target)
-					return
-				}
-				assertStored(t, s, target)
-				assertClean(t, s)
-			})
+					if writable {
+						if litter := ingestLitter(t, dir); len(litter) > 0 {
+							t.Errorf("ingest/ holds %v after the failed download", litter)
+						}
+					}
+
+					// The failure poisoned nothing: once the registry is
+					// right, the layer reads (and is cached, if it can be).
+					reg.clearFaults()
+					if got := readAll(t, l.Compressed); !bytes.Equal(got, fx.comp[target]) {
+						t.Error("Compressed() after the fault cleared: wrong bytes")
+					}
+					if !writable {
+						assertNotStored(t, s, target)
+						return
+					}
+					assertStored(t, s, target)
+					assertClean(t, s)
+				})
+			}
 		}
 	}
+}
+
+// A consumer whose writes fail part way through a miss (io.Copy into a
+// full disk, say) gets its own error; the download is abandoned, not
+// cached, and its lock released, so the next read fetches it whole.
+func TestImage_WriteToConsumerFails(t *testing.T) {
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 22, 1, 3<<20))
+	s, dir := openStore(t)
+	img, err := remotecache.Image(fx.ref, s, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := must(img.Layers())[0]
+	rc, err := l.Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("consumer's disk is full")
+	n, err := io.Copy(&failingWriter{after: 1 << 20, err: boom}, rc)
+	rc.Close()
+	if !errors.Is(err, boom) {
+		t.Fatalf("io.Copy: %d bytes, %v; want the consumer's error", n, err)
+	}
+	assertNotStored(t, s, fx.layers[0])
+	if litter := ingestLitter(t, dir); len(litter) > 0 {
+		t.Errorf("ingest/ holds %v after the abandoned download", litter)
+	}
+	if got := readAll(t, l.Compressed); !bytes.Equal(got, fx.comp[fx.layers[0]]) {
+		t.Error("Compressed() after the failed copy: wrong bytes")
+	}
+	assertStored(t, s, fx.layers[0])
+}
+
+// failingWriter accepts after bytes, then fails with err.
+type failingWriter struct {
+	after int64
+	n     int64
+	err   error
+}
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	if w.n+int64(len(p)) > w.after {
+		return 0, w.err
+	}
+	w.n += int64(len(p))
+	return len(p), nil
 }
 
 // breakIngest replaces ingest/ with a regular file, so that every temp

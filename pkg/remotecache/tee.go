@@ -76,6 +76,69 @@ func (t *teeReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo streams the rest of the download to dst and into the store
+// with no copy in between: the Writer reads from the body straight into
+// the buffers its file is written from, and dst is given each piece as it
+// arrives (passTo), before it is hashed. Callers that io.Copy a layer get
+// this path. Anything it cannot do that way (no Writer, or one that failed
+// to write its file) goes on through Read.
+func (t *teeReader) WriteTo(dst io.Writer) (int64, error) {
+	var total int64
+	if t.w != nil && !t.werr && !t.done {
+		pt := &passTo{r: t.src, w: dst}
+		n, err := t.w.ReadFrom(pt)
+		t.n += n
+		total += n
+		switch {
+		case pt.werr != nil:
+			t.finish()
+			return total, pt.werr
+		case pt.rerr == io.EOF:
+			return total, t.end()
+		case pt.rerr != nil:
+			t.finish()
+			return total, fmt.Errorf("%s: %w", t.subject(), pt.rerr)
+		case errors.Is(err, store.ErrDigestMismatch):
+			t.finish()
+			return total, fmt.Errorf("%s: more than the expected %d bytes: %w", t.subject(), t.size, store.ErrDigestMismatch)
+		case err != nil:
+			// The temp file could not be written: serve the rest
+			// uncached, still hashed by the Writer (see Read).
+			t.werr = true
+			if t.noteWriteErr != nil {
+				t.noteWriteErr(t.d, err)
+			}
+		}
+	}
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	n, err := io.CopyBuffer(dst, struct{ io.Reader }{t}, *bp)
+	return total + n, err
+}
+
+// passTo is a reader of r that writes what it reads to w before it
+// returns it, keeping r's and w's errors apart.
+type passTo struct {
+	r    io.Reader
+	w    io.Writer
+	rerr error
+	werr error
+}
+
+func (p *passTo) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		if _, werr := p.w.Write(b[:n]); werr != nil {
+			p.werr = werr
+			return n, werr
+		}
+	}
+	if err != nil {
+		p.rerr = err
+	}
+	return n, err
+}
+
 // end checks a stream that reached EOF and commits it. An error means
 // the bytes were wrong and the caller must not trust them.
 func (t *teeReader) end() error {

@@ -213,8 +213,9 @@ func (p *puller) verifyCached(ctx context.Context, d digest.Digest) (bool, error
 	}
 }
 
-// copyBufPool holds the read buffers of fetchInto: Warm runs many at once,
-// and fresh buffers for each would be garbage for the GC to clear.
+// copyBufPool holds the copy buffers of downloads that cannot go straight
+// into a store Writer (teeReader.WriteTo): fresh buffers for each would be
+// garbage for the GC to clear.
 var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // fetchInto downloads d into the store under its per-digest lock. It
@@ -244,32 +245,37 @@ func (p *puller) fetchInto(ctx context.Context, d digest.Digest, size int64, pro
 		return false, err
 	}
 	defer w.Close()
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
-	buf := *bp
-	for {
-		if err := ctx.Err(); err != nil {
-			return false, err
-		}
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
-				return false, err
-			}
-			progress(w.Size())
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			return false, rerr
-		}
+	// The Writer reads the body straight into the buffers its file is
+	// written from; progressReader reports and checks ctx as it goes.
+	if _, err := w.ReadFrom(&progressReader{ctx: ctx, r: src, report: progress}); err != nil {
+		return false, err
 	}
 	if _, err := w.Commit(); err != nil {
 		return false, err
 	}
 	p.stats.miss(w.Size())
 	return false, nil
+}
+
+// progressReader reports how many bytes were read after every read, and
+// stops with ctx's error once ctx is done.
+type progressReader struct {
+	ctx    context.Context
+	r      io.Reader
+	n      int64
+	report func(int64)
+}
+
+func (r *progressReader) Read(b []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := r.r.Read(b)
+	if n > 0 {
+		r.n += int64(n)
+		r.report(r.n)
+	}
+	return n, err
 }
 
 func (p *puller) report(ev Progress) {

@@ -88,6 +88,26 @@ func (p *pipeFile) Write(b []byte) error {
 	return p.failed()
 }
 
+// spare returns the chunk being gathered, with room at its end, for a
+// caller that reads into it directly (Writer.ReadFrom). It must hand the
+// chunk back with filled before any other call.
+func (p *pipeFile) spare() []byte {
+	if p.cur == nil {
+		p.cur = p.get()
+	}
+	return p.cur
+}
+
+// filled takes back the chunk spare returned, now holding b (the same
+// array, longer), and queues it once it is full.
+func (p *pipeFile) filled(b []byte) {
+	p.cur = b
+	if len(b) == cap(b) {
+		p.work <- b
+		p.cur = nil
+	}
+}
+
 // wait writes what is gathered, lets every queued write finish and
 // returns the first error. The pipe cannot be written to afterwards.
 func (p *pipeFile) wait() error {

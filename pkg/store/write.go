@@ -158,6 +158,54 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// ReadFrom writes what r returns, until io.EOF, into the blob, as Write
+// would, but reads straight into the buffers that the file is written
+// from, so that no byte is copied in between. A caller that must also
+// pass the bytes on can give it a reader that does so as it reads (an
+// io.TeeReader): that is how a download is streamed to its caller and
+// into the store with one copy out of the socket and one hash.
+//
+// It returns at the first error: r's, ErrDigestMismatch when r returns
+// more than the expected size, or an earlier failure to write the temp
+// file. The bytes counted in its result were hashed, as Write's are; after
+// a write error, go on with Write, which keeps hashing.
+func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	if w.done {
+		return 0, errors.New("write to a committed or closed blob writer")
+	}
+	var total int64
+	for {
+		if w.err == nil {
+			if err := w.out.failed(); err != nil {
+				w.err = w.writeError(err)
+			}
+		}
+		if w.err != nil {
+			return total, w.err
+		}
+		b := w.out.spare()
+		n, rerr := r.Read(b[len(b):cap(b)])
+		if w.size >= 0 && w.n+int64(n) > w.size {
+			w.out.filled(b)
+			w.err = fmt.Errorf("blob %s: %w: more than the expected %d bytes", w.expected, ErrDigestMismatch, w.size)
+			return total, w.err
+		}
+		w.h.Write(b[len(b) : len(b)+n])
+		w.n += int64(n)
+		total += int64(n)
+		w.out.filled(b[:len(b)+n])
+		if n > 0 {
+			faultpoint.HitBytes("blob:bytes", w.n)
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
 // writeError wraps an error of writing the temp file.
 func (w *Writer) writeError(err error) error {
 	// err is an *os.PathError: it names the temp file already.
