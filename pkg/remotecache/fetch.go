@@ -120,25 +120,29 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 		return "", nil, noop, err
 	}
 	if cerr != nil {
-		// A read-only cache gives an error with a working in-process
-		// lock: go on without the other processes, as openLayer does.
 		unlock, lerr := p.s.LockBlob(ctx, tagLockKey(ref))
 		if unlock == nil {
 			return "", nil, noop, fmt.Errorf("resolving %s: %w", ref, lerr)
 		}
-		// Whoever held the lock may have recorded the tag meanwhile.
-		if cached, cerr = p.s.Resolve(ctx, ref.Name()); cerr != nil {
-			d, raw, err := p.getByTag(ctx, rp, ref)
-			switch {
-			case err == nil:
-				return d, raw, unlock, nil
-			case unreachable(err):
-				unlock()
-				// ErrOffline as documented, with the network error beside it.
-				return "", nil, noop, fmt.Errorf("resolving %s: registry unreachable and the tag was never warmed: %w: %w", ref, ErrOffline, err)
-			default:
-				unlock()
-				return "", nil, noop, fmt.Errorf("resolving %s: %w", ref, err)
+		// A cache that cannot be written (lerr: no lock file) cannot
+		// record the tag either, so a GET by tag would be repeated, and
+		// counted, on every pull: it asks with a HEAD below instead, and
+		// its manifest may be in the store already.
+		if lerr == nil {
+			// Whoever held the lock may have recorded the tag meanwhile.
+			if cached, cerr = p.s.Resolve(ctx, ref.Name()); cerr != nil {
+				d, raw, err := p.getByTag(ctx, rp, ref)
+				switch {
+				case err == nil:
+					return d, raw, unlock, nil
+				case unreachable(err):
+					unlock()
+					// ErrOffline as documented, with the network error beside it.
+					return "", nil, noop, fmt.Errorf("resolving %s: registry unreachable and the tag was never warmed: %w: %w", ref, ErrOffline, err)
+				default:
+					unlock()
+					return "", nil, noop, fmt.Errorf("resolving %s: %w", ref, err)
+				}
 			}
 		}
 		unlock()
@@ -150,6 +154,9 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 	}
 	if !unreachable(err) {
 		return "", nil, noop, fmt.Errorf("resolving %s: %w", ref, err)
+	}
+	if cerr != nil {
+		return "", nil, noop, fmt.Errorf("resolving %s: registry unreachable and the tag was never warmed: %w: %w", ref, ErrOffline, err)
 	}
 	p.offline = true
 	p.o.warnOnce.warn("offline", "registry unreachable; tag resolved offline from the cache's index.json",
@@ -165,7 +172,8 @@ func tagLockKey(ref name.Reference) digest.Digest {
 
 // getByTag fetches the manifest or index a tag names, checks it against
 // the digest the registry says it sent (see claim in handoff.go), and
-// stores it under the digest of its bytes.
+// stores it under the digest of its bytes. raw is nil when only the
+// digest could be checked: the caller then fetches the manifest by digest.
 func (p *puller) getByTag(ctx context.Context, rp *remote.Puller, ref name.Reference) (digest.Digest, []byte, error) {
 	cctx, c := withClaim(ctx)
 	desc, err := rp.Get(cctx, ref)
@@ -176,10 +184,29 @@ func (p *puller) getByTag(ctx context.Context, rp *remote.Puller, ref name.Refer
 	if len(raw) > maxManifestSize {
 		return "", nil, fmt.Errorf("manifest of %s: larger than %d bytes", ref, maxManifestSize)
 	}
+	claimed, mt, seen := c.get()
+	if !seen {
+		// A transport of the caller's (WithRemote) replaced the one that
+		// notes the header. Ask with a HEAD, as pulls did before this
+		// shortcut, and fetch by digest if the bytes are not what it
+		// names (or the tag moved in between).
+		hd, err := rp.Head(ctx, ref)
+		if err != nil {
+			return "", nil, err
+		}
+		d, err := toDigest(hd.Digest)
+		if err != nil {
+			return "", nil, err
+		}
+		if d.Algorithm().FromBytes(raw) != d {
+			return d, nil, nil
+		}
+		claimed = ""
+	}
 	// A registry that sends no header (or a signed schema 1 manifest,
 	// whose header names the manifest without its signatures) leaves
 	// nothing to check, as a GET by tag through ggcr does.
-	if claimed, mt := c.get(); claimed != "" && mt != string(types.DockerManifestSchema1Signed) {
+	if claimed != "" && mt != string(types.DockerManifestSchema1Signed) {
 		cd, err := digest.Parse(claimed)
 		if err != nil {
 			return "", nil, fmt.Errorf("manifest of %s: registry sent an invalid Docker-Content-Digest %q: %w", ref, claimed, store.ErrInvalidDigest)

@@ -105,23 +105,26 @@ func isBlobGet(req *http.Request, d digest.Digest) bool {
 
 type claimKey struct{}
 
-// claim holds the headers of a manifest response.
+// claim holds the headers of a manifest response. seen says the response
+// went through handoffTransport at all: a transport of the caller's
+// (WithRemote) replaces it, and then nothing is noted.
 type claim struct {
 	mu        sync.Mutex
 	digest    string
 	mediaType string
+	seen      bool
 }
 
 func (c *claim) set(d, mediaType string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.digest, c.mediaType = d, mediaType
+	c.digest, c.mediaType, c.seen = d, mediaType, true
 }
 
-func (c *claim) get() (d, mediaType string) {
+func (c *claim) get() (d, mediaType string, seen bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.digest, c.mediaType
+	return c.digest, c.mediaType, c.seen
 }
 
 // withClaim returns a context under which the headers of manifest

@@ -385,6 +385,26 @@ func extraBytes() fault {
 	return mangle(func(b []byte) []byte { return append(b, "junk"...) })
 }
 
+// extraBytesLater sends the whole blob, flushes, waits, and then sends
+// junk, with a Content-Length that covers both: the client reads the blob
+// to its last byte and then, in a read of its own, the junk together with
+// io.EOF.
+func extraBytesLater() fault {
+	return func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, r)
+		body := rec.Body.Bytes()
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)+4))
+		w.WriteHeader(http.StatusOK)
+		w.Write(body)
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		time.Sleep(20 * time.Millisecond)
+		w.Write([]byte("junk"))
+	}
+}
+
 // cutConnection announces the whole length, sends half the body and drops
 // the connection.
 func cutConnection() fault {

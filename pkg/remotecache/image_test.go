@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -384,6 +385,8 @@ func TestImage_BadRegistryBytesNotCached(t *testing.T) {
 		{"connection cut", cutConnection()},
 		// The blob and then some.
 		{"extra bytes", extraBytes()},
+		// The blob, and then some in a read of its own, with io.EOF.
+		{"extra bytes later", extraBytesLater()},
 		// No blob at all.
 		{"500", status(http.StatusInternalServerError)},
 	}
@@ -1048,25 +1051,7 @@ func TestLayer_CloseUnread(t *testing.T) {
 func TestImage_TagManifestCheckedAgainstHeader(t *testing.T) {
 	reg := newTestRegistry(t)
 	reg.pushImage(t, "test/img:v1", randomImage(t, 21, 1, 1024))
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		rec := httptest.NewRecorder()
-		reg.ServeHTTP(rec, req)
-		body := rec.Body.Bytes()
-		if req.Method == http.MethodGet && strings.HasSuffix(req.URL.Path, "/manifests/v1") {
-			body = append(bytes.TrimRight(body, "\n"), ' ') // the same JSON, other bytes
-		}
-		for k, v := range rec.Header() {
-			w.Header()[k] = v
-		}
-		w.Header().Del("Content-Length")
-		w.WriteHeader(rec.Code)
-		w.Write(body)
-	}))
-	defer srv.Close()
-	ref, err := name.ParseReference(strings.TrimPrefix(srv.URL, "http://") + "/test/img:v1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ref := tagBodyChanged(t, reg, "test/img:v1")
 	s, _ := openStore(t)
 	if _, err := remotecache.Image(ref, s, fast); !errors.Is(err, store.ErrDigestMismatch) {
 		t.Fatalf("Image with a manifest that does not match its Docker-Content-Digest: %v, want ErrDigestMismatch", err)
@@ -1081,4 +1066,82 @@ func TestImage_TagManifestCheckedAgainstHeader(t *testing.T) {
 	if d, err := s.Resolve(t.Context(), ref.Name()); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("the tag resolves to %v (%v), want ErrNotFound", d.Digest, err)
 	}
+}
+
+// With a transport of the caller's, which replaces the one that notes
+// Docker-Content-Digest, a manifest fetched by tag is checked with a HEAD,
+// and fetched again by digest if it does not match.
+func TestImage_TagManifestCheckedWithCallerTransport(t *testing.T) {
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 23, 1, 1024))
+	own := remotecache.WithRemote(remote.WithTransport(http.DefaultTransport), remote.WithRetryBackoff(remote.Backoff{Steps: 1}))
+	for _, changed := range []bool{false, true} {
+		ref := fx.ref
+		if changed {
+			ref = tagBodyChanged(t, reg, "test/img:v1")
+		}
+		reg.reset()
+		s, _ := openStore(t)
+		img, err := remotecache.Image(ref, s, own)
+		if err != nil {
+			t.Fatalf("changed %v: %v", changed, err)
+		}
+		if d := must(img.Digest()); d != fx.digest {
+			t.Errorf("changed %v: image digest %s, want %s", changed, d, fx.digest)
+		}
+		byDigest := 0
+		if changed {
+			byDigest = 1
+		}
+		if tag, heads, dg := reg.manifestGetsOf("v1"), reg.heads(), reg.manifestDigestGets(); tag != 1 || heads != 1 || dg != byDigest {
+			t.Errorf("changed %v: %d GETs by tag, %d HEADs, %d GETs by digest; want 1, 1, %d", changed, tag, heads, dg, byDigest)
+		}
+	}
+}
+
+// A cache that cannot be written cannot record a tag, so it asks for one
+// with a HEAD every time, as for a recorded tag, rather than with a GET
+// that Docker Hub would count on every pull.
+func TestImage_UnwritableCacheResolvesWithHead(t *testing.T) {
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 24, 1, 1024))
+	s, dir := openStore(t)
+	breakIngest(t, dir)
+	for pass := range 2 {
+		reg.reset()
+		if _, err := remotecache.Image(fx.ref, s, fast); err != nil {
+			t.Fatal(err)
+		}
+		if tag, heads := reg.manifestGetsOf("v1"), reg.heads(); tag != 0 || heads != 1 {
+			t.Errorf("pass %d: %d GETs by tag and %d HEADs, want 0 and 1", pass, tag, heads)
+		}
+	}
+}
+
+// tagBodyChanged serves reg through a proxy that adds a byte to the body
+// of GETs of the manifest by tag, keeping the registry's headers, and
+// returns the reference of tag through it.
+func tagBodyChanged(t *testing.T, reg *testRegistry, tag string) name.Reference {
+	t.Helper()
+	_, suffix, _ := strings.Cut(tag, ":")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		rec := httptest.NewRecorder()
+		reg.ServeHTTP(rec, req)
+		body := rec.Body.Bytes()
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		if req.Method == http.MethodGet && strings.HasSuffix(req.URL.Path, "/manifests/"+suffix) {
+			body = append(bytes.TrimRight(body, "\n"), ' ') // the same JSON, other bytes
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		}
+		w.WriteHeader(rec.Code)
+		w.Write(body)
+	}))
+	t.Cleanup(srv.Close)
+	ref, err := name.ParseReference(strings.TrimPrefix(srv.URL, "http://") + "/" + tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
 }

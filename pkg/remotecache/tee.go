@@ -88,19 +88,22 @@ func (t *teeReader) WriteTo(dst io.Writer) (int64, error) {
 		pt := &passTo{r: t.src, w: dst}
 		n, err := t.w.ReadFrom(pt)
 		t.n += n
-		total += n
+		total = pt.written
+		// The checks go from the caller's own error to the blob's: a read
+		// that ran past the expected size may also have brought io.EOF,
+		// and its bytes, which the Writer refused to hash, went to dst.
 		switch {
 		case pt.werr != nil:
 			t.finish()
 			return total, pt.werr
+		case errors.Is(err, store.ErrDigestMismatch):
+			t.finish()
+			return total, fmt.Errorf("%s: more than the expected %d bytes: %w", t.subject(), t.size, store.ErrDigestMismatch)
 		case pt.rerr == io.EOF:
 			return total, t.end()
 		case pt.rerr != nil:
 			t.finish()
 			return total, fmt.Errorf("%s: %w", t.subject(), pt.rerr)
-		case errors.Is(err, store.ErrDigestMismatch):
-			t.finish()
-			return total, fmt.Errorf("%s: more than the expected %d bytes: %w", t.subject(), t.size, store.ErrDigestMismatch)
 		case err != nil:
 			// The temp file could not be written: serve the rest
 			// uncached, still hashed by the Writer (see Read).
@@ -117,18 +120,24 @@ func (t *teeReader) WriteTo(dst io.Writer) (int64, error) {
 }
 
 // passTo is a reader of r that writes what it reads to w before it
-// returns it, keeping r's and w's errors apart.
+// returns it, keeping r's and w's errors apart, and counting what w took.
 type passTo struct {
-	r    io.Reader
-	w    io.Writer
-	rerr error
-	werr error
+	r       io.Reader
+	w       io.Writer
+	written int64
+	rerr    error
+	werr    error
 }
 
 func (p *passTo) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b)
 	if n > 0 {
-		if _, werr := p.w.Write(b[:n]); werr != nil {
+		m, werr := p.w.Write(b[:n])
+		p.written += int64(m)
+		if werr == nil && m < n {
+			werr = io.ErrShortWrite
+		}
+		if werr != nil {
 			p.werr = werr
 			return n, werr
 		}
