@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -120,9 +121,20 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 		return "", nil, noop, err
 	}
 	if cerr != nil {
-		unlock, lerr := p.s.LockBlob(ctx, tagLockKey(ref))
+		// The wait is bounded: the holder may be a Warm, which keeps the
+		// lock until its last layer is in, while its GET was over long
+		// before; past tagWaitMax a HEAD finds the manifest in the store.
+		// A bounded wait also means that a pull holding a blob's lock
+		// that the Warm needs cannot deadlock with it.
+		wctx, cancel := context.WithTimeout(ctx, tagWaitMax)
+		unlock, lerr := p.s.LockBlob(wctx, tagLockKey(ref))
+		cancel()
 		if unlock == nil {
-			return "", nil, noop, fmt.Errorf("resolving %s: %w", ref, lerr)
+			if ctx.Err() != nil {
+				return "", nil, noop, fmt.Errorf("resolving %s: %w", ref, lerr)
+			}
+			// Waited long enough: ask with a HEAD below.
+			unlock, lerr = noop, errTagBusy
 		}
 		// A cache that cannot be written (lerr: no lock file) cannot
 		// record the tag either, so a GET by tag would be repeated, and
@@ -163,6 +175,13 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 		"ref", ref.Name(), "digest", cached.Digest, "err", err)
 	return cached.Digest, nil, noop, nil
 }
+
+// tagWaitMax bounds the wait for a tag that another pull is fetching. A
+// variable for tests.
+var tagWaitMax = 5 * time.Second
+
+// errTagBusy stands for a tag lock not taken within tagWaitMax.
+var errTagBusy = errors.New("tag being fetched by another pull")
 
 // tagLockKey names the lock of a tag's first fetch. The store's locks are
 // per digest, so the tag gets a digest of its own, which no blob has.

@@ -1145,3 +1145,62 @@ func tagBodyChanged(t *testing.T, reg *testRegistry, tag string) name.Reference 
 	}
 	return ref
 }
+
+// Goroutines pulling one new tag at once make one GET of its manifest:
+// the first fetches it under the tag's lock and records the tag, the
+// others then find it recorded and ask with a HEAD.
+func TestImage_NewTagFetchedOnce(t *testing.T) {
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 25, 2, 4096))
+	s, _ := openStore(t)
+	const n = 6
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			img, err := remotecache.Image(fx.ref, s, fast)
+			if err == nil {
+				_, err = img.RawConfigFile()
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if tag, heads, dg := reg.manifestGetsOf("v1"), reg.heads(), reg.manifestDigestGets(); tag != 1 || heads != n-1 || dg != 0 {
+		t.Errorf("%d pulls: %d GETs by tag, %d HEADs, %d GETs by digest; want 1, %d, 0", n, tag, heads, dg, n-1)
+	}
+}
+
+// A pull of a new tag waits for whoever fetches it only so long (a Warm
+// keeps the tag's lock until its last layer is in), then asks with a HEAD.
+func TestImage_NewTagWaitIsBounded(t *testing.T) {
+	defer remotecache.SetTagWaitMax(300 * time.Millisecond)()
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 26, 1, 4096))
+	s, _ := openStore(t)
+	unlock, err := s.LockBlob(t.Context(), remotecache.TagLockKey(fx.ref))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	start := time.Now()
+	img, err := remotecache.Image(fx.ref, s, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < 300*time.Millisecond {
+		t.Errorf("resolved after %v, before the wait was over", waited)
+	}
+	if d := must(img.Digest()); d != fx.digest {
+		t.Errorf("digest %s, want %s", d, fx.digest)
+	}
+	if tag, heads := reg.manifestGetsOf("v1"), reg.heads(); tag != 0 || heads != 1 {
+		t.Errorf("%d GETs by tag and %d HEADs, want 0 and 1", tag, heads)
+	}
+}
