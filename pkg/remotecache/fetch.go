@@ -99,13 +99,15 @@ func (p *puller) resolve(ctx context.Context, ref name.Reference) (desc v1.Descr
 // answer from their index (Docker Hub does not count it against its pull
 // limit), and the manifest then comes from the store unless the tag moved.
 //
-// A tag the cache never saw is fetched with one GET, which also returns
-// the manifest (raw): a HEAD first would add a round trip to every cold
-// pull and save nothing. That GET is made under the tag's lock, which the
-// caller releases (unlock) once it has recorded the tag: processes pulling
-// the same new tag at once wait for the first, then find the tag recorded
-// and ask with a HEAD. So the registry sees one GET of the manifest, as it
-// did when every pull started with a HEAD.
+// A tag the cache never recorded is fetched with one GET, which also
+// returns the manifest (raw): a HEAD first would add a round trip to every
+// cold pull and save nothing. That GET is made under the tag's lock, which
+// the caller releases (unlock) once it has recorded the tag: processes
+// pulling the same new tag at once wait for the first (at most
+// tagWaitMax), then ask with a HEAD and find the manifest stored. So the
+// registry sees one GET of the manifest, as it did when every pull started
+// with a HEAD. A cache that cannot be written, and so cannot record the
+// tag, asks with a HEAD every time.
 func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.Digest, raw []byte, unlock func(), err error) {
 	noop := func() {}
 	cached, cerr := p.s.Resolve(ctx, ref.Name())
