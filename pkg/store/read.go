@@ -298,13 +298,18 @@ func (r *verifyReader) WriteTo(w io.Writer) (int64, error) {
 
 func (r *verifyReader) Close() error { return r.f.Close() }
 
+// smallRead is the size under which sizedReader buffers a read.
+const smallRead = 64 << 10
+
 // sizedReader serves a blob that OpenVerified already hashed. It still
 // checks that the file ends where it ended when hashed.
 //
 // Small reads are served from a buffer of bufSize filled by one read(2):
 // a consumer that reads 32 KiB at a time (io.Copy's buffer, ggcr's
 // verifying reader above a Transport) would otherwise pay a system call,
-// and a slower copy out of the page cache, for every 32 KiB.
+// and a slower copy out of the page cache, for every 32 KiB. Reads of
+// smallRead or more (a decompressor's 128 KiB buffer) go to the file
+// directly: copying them twice would cost more than it saves.
 type sizedReader struct {
 	f         *os.File
 	remaining int64 // in the file, past what was read from it
@@ -324,7 +329,7 @@ func (r *sizedReader) Read(p []byte) (int, error) {
 	if r.remaining <= 0 {
 		return 0, io.EOF
 	}
-	if len(p) >= bufSize || int64(len(p)) >= r.remaining {
+	if len(p) >= smallRead || int64(len(p)) >= r.remaining {
 		return r.readFile(p)
 	}
 	if r.buf == nil {
