@@ -214,6 +214,7 @@ func writeMarkdown(w io.Writer, r report) {
 	fmt.Fprintf(w, "- Go: %s %s/%s; date: %s; elapsed: %.0f s\n", m.GoVersion, m.GOOS, m.GOARCH, m.Date.Format(time.RFC3339), m.Elapsed)
 	fmt.Fprintf(w, "- layercache: %s\n", m.Source)
 	fmt.Fprintf(w, "- load average: %s at start, %s at end; CPU taken by other processes: %.0f%% of the cores\n", m.LoadStart, m.LoadEnd, 100*m.ForeignCPU)
+	fmt.Fprintf(w, "- host speed: sha256 in memory %.2f GB/s at start, %.2f GB/s at end (best of 5 over 32 MiB; compare runs only at like speeds)\n", m.HashStart, m.HashEnd)
 	if m.ForeignCPU > busyMachine {
 		fmt.Fprintf(w, "- **WARNING: other processes used %.0f%% of the CPU during the run: the figures are not those of an idle machine**\n", 100*m.ForeignCPU)
 	}
