@@ -152,3 +152,37 @@ func ExampleStore_Prune() {
 	// Output:
 	// removed 2 blobs (200 bytes), kept 1 (100 bytes)
 }
+
+// A download that is also streamed to its consumer is stored with one
+// copy and one hash: the Writer reads the body into its own buffers, and
+// io.TeeReader hands each piece to the consumer on the way.
+func ExampleWriter_ReadFrom() {
+	dir, err := os.MkdirTemp("", "layercache-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	s, err := store.Open(dir)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	body := strings.NewReader("layer bytes from a registry") // an HTTP response body
+	want := digest.FromString("layer bytes from a registry")  // the digest the manifest names
+	w, err := s.NewWriter(ctx, want, int64(body.Len()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer w.Close()
+	var consumer strings.Builder // what the build reads
+	if _, err := w.ReadFrom(io.TeeReader(body, &consumer)); err != nil {
+		log.Fatal(err)
+	}
+	got, err := w.Commit() // ErrDigestMismatch if the body was not want
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(got == want, consumer.String())
+	// Output: true layer bytes from a registry
+}
