@@ -169,7 +169,7 @@ func ExampleWriter_ReadFrom() {
 	}
 
 	body := strings.NewReader("layer bytes from a registry") // an HTTP response body
-	want := digest.FromString("layer bytes from a registry")  // the digest the manifest names
+	want := digest.FromString("layer bytes from a registry") // the digest the manifest names
 	w, err := s.NewWriter(ctx, want, int64(body.Len()))
 	if err != nil {
 		log.Fatal(err)
