@@ -151,8 +151,7 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 					return d, raw, unlock, nil
 				case unreachable(err):
 					unlock()
-					// ErrOffline as documented, with the network error beside it.
-					return "", nil, noop, fmt.Errorf("resolving %s: registry unreachable and the tag was never warmed: %w: %w", ref, ErrOffline, err)
+					return "", nil, noop, neverWarmed(ref, err)
 				default:
 					unlock()
 					return "", nil, noop, fmt.Errorf("resolving %s: %w", ref, err)
@@ -170,12 +169,19 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 		return "", nil, noop, fmt.Errorf("resolving %s: %w", ref, err)
 	}
 	if cerr != nil {
-		return "", nil, noop, fmt.Errorf("resolving %s: registry unreachable and the tag was never warmed: %w: %w", ref, ErrOffline, err)
+		return "", nil, noop, neverWarmed(ref, err)
 	}
 	p.offline = true
 	p.o.warnOnce.warn("offline", "registry unreachable; tag resolved offline from the cache's index.json",
 		"ref", ref.Name(), "digest", cached.Digest, "err", err)
 	return cached.Digest, nil, noop, nil
+}
+
+// neverWarmed is the error of a tag that the registry could not be asked
+// for and the cache never recorded: ErrOffline as documented, with the
+// network error beside it.
+func neverWarmed(ref name.Reference, err error) error {
+	return fmt.Errorf("resolving %s: registry unreachable and the tag was never warmed: %w: %w", ref, ErrOffline, err)
 }
 
 // tagWaitMax bounds the wait for a tag that another pull is fetching. A
@@ -238,10 +244,7 @@ func (p *puller) getByTag(ctx context.Context, rp *remote.Puller, ref name.Refer
 		}
 	}
 	d := digest.FromBytes(raw)
-	p.stats.miss(int64(len(raw)))
-	if err := p.s.PutVerified(ctx, d, int64(len(raw)), bytes.NewReader(raw)); err != nil {
-		p.noteStoreWriteError(d, err)
-	}
+	p.keepFetched(ctx, d, raw)
 	return d, raw, nil
 }
 
@@ -333,11 +336,17 @@ func (p *puller) smallBlob(ctx context.Context, d digest.Digest, fetch func() ([
 	if got := d.Algorithm().FromBytes(b); got != d {
 		return nil, fmt.Errorf("fetching %s: %w: registry sent %d bytes hashing to %s", d, store.ErrDigestMismatch, len(b), got)
 	}
+	p.keepFetched(ctx, d, b)
+	return b, nil
+}
+
+// keepFetched counts a manifest or config fetched from the registry, whose
+// digest d was checked, and stores it if the cache can take it.
+func (p *puller) keepFetched(ctx context.Context, d digest.Digest, b []byte) {
 	p.stats.miss(int64(len(b)))
 	if err := p.s.PutVerified(ctx, d, int64(len(b)), bytes.NewReader(b)); err != nil {
 		p.noteStoreWriteError(d, err)
 	}
-	return b, nil
 }
 
 // noteStoreReadError logs what a failed store read means for the pull.

@@ -51,14 +51,9 @@ func (t *teeReader) Read(b []byte) (int, error) {
 			if _, werr := t.w.Write(b[:n]); werr != nil {
 				if errors.Is(werr, store.ErrDigestMismatch) {
 					t.finish()
-					return n, fmt.Errorf("%s: more than the expected %d bytes: %w", t.subject(), t.size, store.ErrDigestMismatch)
+					return n, t.overflow()
 				}
-				if !t.werr {
-					t.werr = true
-					if t.noteWriteErr != nil {
-						t.noteWriteErr(t.d, werr)
-					}
-				}
+				t.storeFailed(werr)
 			}
 		case t.v != nil:
 			t.v.Write(b[:n])
@@ -98,7 +93,7 @@ func (t *teeReader) WriteTo(dst io.Writer) (int64, error) {
 			return total, pt.werr
 		case errors.Is(err, store.ErrDigestMismatch):
 			t.finish()
-			return total, fmt.Errorf("%s: more than the expected %d bytes: %w", t.subject(), t.size, store.ErrDigestMismatch)
+			return total, t.overflow()
 		case pt.rerr == io.EOF:
 			return total, t.end()
 		case pt.rerr != nil:
@@ -107,10 +102,7 @@ func (t *teeReader) WriteTo(dst io.Writer) (int64, error) {
 		case err != nil:
 			// The temp file could not be written: serve the rest
 			// uncached, still hashed by the Writer (see Read).
-			t.werr = true
-			if t.noteWriteErr != nil {
-				t.noteWriteErr(t.d, err)
-			}
+			t.storeFailed(err)
 		}
 	}
 	bp := copyBufPool.Get().(*[]byte)
@@ -148,6 +140,23 @@ func (p *passTo) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// overflow is the error of a body longer than the expected size.
+func (t *teeReader) overflow() error {
+	return fmt.Errorf("%s: more than the expected %d bytes: %w", t.subject(), t.size, store.ErrDigestMismatch)
+}
+
+// storeFailed notes, once, that the blob cannot be stored; the stream
+// goes on, hashed, uncached.
+func (t *teeReader) storeFailed(err error) {
+	if t.werr {
+		return
+	}
+	t.werr = true
+	if t.noteWriteErr != nil {
+		t.noteWriteErr(t.d, err)
+	}
+}
+
 // end checks a stream that reached EOF and commits it. An error means
 // the bytes were wrong and the caller must not trust them.
 func (t *teeReader) end() error {
@@ -162,8 +171,8 @@ func (t *teeReader) end() error {
 		}
 		w := t.w
 		t.w = nil
-		if _, err := w.Commit(); err != nil && !t.werr && t.noteWriteErr != nil {
-			t.noteWriteErr(t.d, err)
+		if _, err := w.Commit(); err != nil {
+			t.storeFailed(err)
 		}
 	case t.v != nil:
 		if !t.v.Verified() || (t.size >= 0 && t.n != t.size) {

@@ -137,7 +137,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 		return 0, errors.New("write to a committed or closed blob writer")
 	}
 	if w.size >= 0 && w.n+int64(len(p)) > w.size {
-		w.err = fmt.Errorf("blob %s: %w: more than the expected %d bytes", w.expected, ErrDigestMismatch, w.size)
+		w.err = w.overflow()
 		return 0, w.err
 	}
 	if w.err != nil {
@@ -187,7 +187,7 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 		n, rerr := r.Read(b[len(b):cap(b)])
 		if w.size >= 0 && w.n+int64(n) > w.size {
 			w.out.filled(b)
-			w.err = fmt.Errorf("blob %s: %w: more than the expected %d bytes", w.expected, ErrDigestMismatch, w.size)
+			w.err = w.overflow()
 			return total, w.err
 		}
 		w.h.Write(b[len(b) : len(b)+n])
@@ -204,6 +204,11 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 			return total, rerr
 		}
 	}
+}
+
+// overflow is the error of bytes past the expected size.
+func (w *Writer) overflow() error {
+	return fmt.Errorf("blob %s: %w: more than the expected %d bytes", w.expected, ErrDigestMismatch, w.size)
 }
 
 // writeError wraps an error of writing the temp file.
