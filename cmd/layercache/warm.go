@@ -9,7 +9,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 
 	"github.com/ocibuild/layercache/pkg/remotecache"
@@ -75,7 +74,8 @@ Credentials come from the Docker config, as with crane and docker.`,
 				refs = append(refs, ref)
 			}
 			opts := []remotecache.Option{
-				remotecache.WithRemote(remote.WithAuthFromKeychain(authn.DefaultKeychain), remote.WithUserAgent("layercache")),
+				remotecache.WithKeychain(authn.DefaultKeychain),
+				remotecache.WithUserAgent("layercache"),
 				remotecache.WithJobs(jobs),
 				remotecache.WithLogger(g.log),
 			}

@@ -150,18 +150,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer cleanup()
 
-	// 3. Pull the base through the cache. Authentication and any other
-	// go-containerregistry option go in WithRemote; the counting transport
-	// is only there to show what came over the wire.
+	// 3. Pull the base through the cache, with crane's credentials. Any
+	// other go-containerregistry option would go in WithRemote; the
+	// counting transport is only there to show what came over the wire.
 	wire := &wirecount.Transport{Inner: remote.DefaultTransport}
 	before, _ := s.Stats(ctx) // counters are advice: a read-only cache gives zeros
 	base, err := remotecache.Image(baseRef, s,
 		remotecache.WithContext(ctx),
 		remotecache.WithLogger(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))),
-		remotecache.WithRemote(
-			remote.WithAuthFromKeychain(authn.DefaultKeychain),
-			remote.WithTransport(wire),
-		),
+		remotecache.WithKeychain(authn.DefaultKeychain),
+		remotecache.WithTransport(wire),
 	)
 	if err != nil {
 		return err

@@ -155,10 +155,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	base, err := remotecache.Image(baseRef, s,
 		remotecache.WithContext(ctx),
 		remotecache.WithLogger(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))),
-		remotecache.WithRemote(
-			remote.WithAuthFromKeychain(authn.DefaultKeychain),
-			remote.WithTransport(wire),
-		),
+		remotecache.WithKeychain(authn.DefaultKeychain),
+		remotecache.WithTransport(wire),
 	)
 	if err != nil {
 		return err

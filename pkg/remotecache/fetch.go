@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -38,15 +39,28 @@ type puller struct {
 	offline bool // set by WithOffline, or when the registry could not be reached
 	stats   *counters
 
-	rpOnce sync.Once
-	rp     *remote.Puller // shared by every request of the pull, so ggcr pings and authenticates once
-	rpErr  error
+	rpOnce    sync.Once
+	rp        *remote.Puller // shared by every request of the pull, so ggcr pings and authenticates once
+	rpErr     error
+	anonymous bool // the pull sends no credentials, as far as remotecache can tell (see eager.go)
 }
 
 // remote returns the ggcr puller of this pull.
-func (p *puller) remote() (*remote.Puller, error) {
+func (p *puller) remote(ctx context.Context) (*remote.Puller, error) {
 	p.rpOnce.Do(func() {
-		p.rp, p.rpErr = remote.NewPuller(p.o.remoteOptions()...)
+		ro := p.o.remoteOptions()
+		p.anonymous = len(p.o.remote) == 0
+		if p.o.keychain != nil {
+			auth, err := authn.Resolve(ctx, p.o.keychain, p.repo)
+			if err != nil {
+				p.rpErr = fmt.Errorf("credentials for %s: %w", p.repo, err)
+				return
+			}
+			// Before the caller's own options, which win.
+			ro = append([]remote.Option{remote.WithAuth(auth)}, ro...)
+			p.anonymous = p.anonymous && auth == authn.Anonymous
+		}
+		p.rp, p.rpErr = remote.NewPuller(ro...)
 	})
 	return p.rp, p.rpErr
 }
@@ -118,7 +132,7 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 		p.o.warnOnce.warn("offline", "tag resolved offline from the cache's index.json", "ref", ref.Name(), "digest", cached.Digest)
 		return cached.Digest, nil, noop, nil
 	}
-	rp, err := p.remote()
+	rp, err := p.remote(ctx)
 	if err != nil {
 		return "", nil, noop, err
 	}
@@ -202,6 +216,16 @@ func tagLockKey(ref name.Reference) digest.Digest {
 // stores it under the digest of its bytes. raw is nil when only the
 // digest could be checked: the caller then fetches the manifest by digest.
 func (p *puller) getByTag(ctx context.Context, rp *remote.Puller, ref name.Reference) (digest.Digest, []byte, error) {
+	if p.anonymous {
+		if raw, claimed, ok := p.eagerGet(ctx, rp, ref); ok {
+			if err := checkClaimed(ref, raw, claimed, ""); err != nil {
+				return "", nil, err
+			}
+			d := digest.FromBytes(raw)
+			p.keepFetched(ctx, d, raw)
+			return d, raw, nil
+		}
+	}
 	cctx, c := withClaim(ctx)
 	desc, err := rp.Get(cctx, ref)
 	if err != nil {
@@ -230,22 +254,32 @@ func (p *puller) getByTag(ctx context.Context, rp *remote.Puller, ref name.Refer
 		}
 		claimed = ""
 	}
-	// A registry that sends no header (or a signed schema 1 manifest,
-	// whose header names the manifest without its signatures) leaves
-	// nothing to check, as a GET by tag through ggcr does.
-	if claimed != "" && mt != string(types.DockerManifestSchema1Signed) {
-		cd, err := digest.Parse(claimed)
-		if err != nil {
-			return "", nil, fmt.Errorf("manifest of %s: registry sent an invalid Docker-Content-Digest %q: %w", ref, claimed, store.ErrInvalidDigest)
-		}
-		if got := cd.Algorithm().FromBytes(raw); got != cd {
-			return "", nil, fmt.Errorf("manifest of %s: %w: registry said it sent %s, but the %d bytes hash to %s",
-				ref, store.ErrDigestMismatch, cd, len(raw), got)
-		}
+	if err := checkClaimed(ref, raw, claimed, mt); err != nil {
+		return "", nil, err
 	}
 	d := digest.FromBytes(raw)
 	p.keepFetched(ctx, d, raw)
 	return d, raw, nil
+}
+
+// checkClaimed checks the manifest raw of a tag against the digest the
+// registry said it sent (Docker-Content-Digest) with media type mt. A
+// registry that sends no header (or a signed schema 1 manifest, whose
+// header names the manifest without its signatures) leaves nothing to
+// check, as a GET by tag through ggcr does.
+func checkClaimed(ref name.Reference, raw []byte, claimed, mt string) error {
+	if claimed == "" || mt == string(types.DockerManifestSchema1Signed) {
+		return nil
+	}
+	cd, err := digest.Parse(claimed)
+	if err != nil {
+		return fmt.Errorf("manifest of %s: registry sent an invalid Docker-Content-Digest %q: %w", ref, claimed, store.ErrInvalidDigest)
+	}
+	if got := cd.Algorithm().FromBytes(raw); got != cd {
+		return fmt.Errorf("manifest of %s: %w: registry said it sent %s, but the %d bytes hash to %s",
+			ref, store.ErrDigestMismatch, cd, len(raw), got)
+	}
+	return nil
 }
 
 // unreachable reports whether err means the registry could not be
@@ -272,7 +306,7 @@ func unreachable(err error) bool {
 // the registry (and then stores it).
 func (p *puller) manifest(ctx context.Context, d digest.Digest) ([]byte, error) {
 	return p.smallBlob(ctx, d, func() ([]byte, error) {
-		rp, err := p.remote()
+		rp, err := p.remote(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -441,7 +475,7 @@ func (p *puller) openCached(ctx context.Context, d digest.Digest) (io.ReadCloser
 // came through the hand-off (see handoff.go) and is not verified yet: the
 // caller must hash it. Otherwise it is ggcr's verifying reader.
 func (p *puller) fetchBlob(ctx context.Context, d digest.Digest) (rc io.ReadCloser, raw bool, err error) {
-	rp, err := p.remote()
+	rp, err := p.remote(ctx)
 	if err != nil {
 		return nil, false, err
 	}

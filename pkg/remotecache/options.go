@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sync"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
@@ -18,6 +19,8 @@ type options struct {
 	ctx          context.Context
 	transport    http.RoundTripper
 	remote       []remote.Option
+	keychain     authn.Keychain
+	userAgent    string
 	platform     *v1.Platform
 	allPlatforms bool
 	offline      bool
@@ -67,6 +70,9 @@ func (o *options) remoteOptions() []remote.Option {
 	// and the layers of an image behind a far registry would come in
 	// several waves of round trips instead of one.
 	ro := []remote.Option{remote.WithTransport(&handoffTransport{base: o.transport}), remote.WithJobs(o.jobs)}
+	if o.userAgent != "" {
+		ro = append(ro, remote.WithUserAgent(o.userAgent))
+	}
 	ro = append(ro, o.remote...)
 	ro = append(ro, remote.WithContext(o.ctx))
 	if o.platform != nil {
@@ -81,9 +87,40 @@ func (o *options) remoteOptions() []remote.Option {
 // given here that this package also sets (context, platform) are
 // overridden by WithContext and WithPlatform. The default is ggcr's
 // defaults: anonymous access over remote.DefaultTransport.
+//
+// remotecache cannot see inside these options, so with any of them it
+// takes the pull to be authenticated and lets ggcr's handshake with the
+// registry come first; WithKeychain and WithUserAgent avoid that.
 func WithRemote(opts ...remote.Option) Option {
 	return func(o *options) error {
 		o.remote = append(o.remote, opts...)
+		return nil
+	}
+}
+
+// WithKeychain sets where the registry credentials come from, as
+// remote.WithAuthFromKeychain does (crane and ko use
+// authn.DefaultKeychain). Prefer it to passing that through WithRemote:
+// when the keychain has no credentials for the registry, remotecache then
+// knows the pull is anonymous, and asks for a new tag's manifest without
+// waiting for ggcr's handshake with the registry (see eager.go). The
+// default is anonymous access.
+func WithKeychain(kc authn.Keychain) Option {
+	return func(o *options) error {
+		if kc == nil {
+			return errors.New("remotecache.WithKeychain: nil keychain")
+		}
+		o.keychain = kc
+		return nil
+	}
+}
+
+// WithUserAgent adds ua to the User-Agent of every registry request, as
+// remote.WithUserAgent does; prefer it to passing that through WithRemote
+// for the same reason as WithKeychain. The default is ggcr's.
+func WithUserAgent(ua string) Option {
+	return func(o *options) error {
+		o.userAgent = ua
 		return nil
 	}
 }
