@@ -7,38 +7,43 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
 )
 
-// Asking for a new tag without waiting for the handshake.
+// Asking for a tag without waiting for the handshake.
 //
 // Before its first request to a registry, ggcr pings it (GET /v2/) to
 // learn whether and how to authenticate, and fetches a token if told to.
-// Only then does it send the manifest GET, and only after the manifest
-// come the blobs: a cold pull costs three round trips one after the other
-// before its first layer byte. Over a registry 20 ms away, that is a
-// third of the time a warm of a small image takes.
+// Only then does it ask for the tag's manifest, and only after the
+// manifest come the blobs: a cold pull costs three round trips one after
+// the other before its first layer byte, and a pull of a cached image two
+// before it knows the tag has not moved. Over a registry 20 ms away, that
+// is a third of the time a warm of a small image takes.
 //
 // containerd sends its requests first and authenticates when one is
 // answered 401. remotecache does the same for the one request that
-// everything else waits for, the GET of a tag's manifest, when it knows
-// the pull sends no credentials anyway (no WithRemote options, and a
-// WithKeychain, if any, that has none for the registry): it sends that GET
-// itself, at once, while ggcr's handshake runs beside it. A registry that
-// serves anonymous pulls (a local registry, a mirror, many in-house
-// registries) answers 200, and the blobs follow one round trip earlier.
-// Any other answer (401 from a registry that wants a token, even for
-// anonymous pulls, as Docker Hub and ghcr.io do; a redirect; an error) is
-// dropped, and the GET goes through ggcr as before, whose handshake has
+// everything else waits for, the manifest's (a GET for a tag the cache
+// has not recorded, a HEAD for one it has), when it knows the pull sends
+// no credentials anyway (no WithRemote options, and a WithKeychain, if
+// any, that has none for the registry): it sends that request itself, at
+// once, while ggcr's handshake runs beside it. A registry that serves
+// anonymous pulls (a local registry, a mirror, many in-house registries)
+// answers 200, and the blobs follow one round trip earlier. Any other
+// answer (401 from a registry that wants a token, even for anonymous
+// pulls, as Docker Hub and ghcr.io do; a redirect; an error) is dropped,
+// and the request goes through ggcr as before, whose handshake has
 // meanwhile run: no later than before, with one extra request.
 //
-// The answer is checked as ggcr's would be: against the digest named in
-// Docker-Content-Digest, in getByTag.
+// A GET's answer is checked as ggcr's would be: against the digest named
+// in Docker-Content-Digest, in getByTag. A HEAD's digest names a manifest
+// that is then read from the store, verified, or fetched by digest.
 
 // noBlob names a blob that no registry holds. Asking ggcr's Puller for a
 // Layer by it builds the Puller's client for the repository, which is the
@@ -68,20 +73,54 @@ var eagerManifestTypes = []types.MediaType{
 // not checked yet, and claimed the Docker-Content-Digest header.
 // Otherwise the caller asks through ggcr.
 func (p *puller) eagerGet(ctx context.Context, rp *remote.Puller, ref name.Reference) (raw []byte, claimed string, ok bool) {
-	go handshake(ctx, rp, ref)
-	log := func(why string, args ...any) {
-		p.o.logger.Debug("GET of the tag's manifest before the handshake: "+why+"; asking through ggcr", append([]any{"ref", ref.Name()}, args...)...)
+	resp, ok := p.eagerRequest(ctx, rp, ref, http.MethodGet)
+	if !ok {
+		return nil, "", false
 	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+	switch {
+	case err != nil:
+		p.eagerFailed(ref, http.MethodGet, "body cut", "err", err)
+		return nil, "", false
+	case len(raw) > maxManifestSize:
+		p.eagerFailed(ref, http.MethodGet, "manifest too large", "limit", maxManifestSize)
+		return nil, "", false
+	}
+	return raw, resp.Header.Get("Docker-Content-Digest"), true
+}
+
+// eagerHead is eagerGet for the HEAD that asks whether a recorded tag
+// moved: d is the digest the registry names, when ok.
+func (p *puller) eagerHead(ctx context.Context, rp *remote.Puller, ref name.Reference) (d digest.Digest, ok bool) {
+	resp, ok := p.eagerRequest(ctx, rp, ref, http.MethodHead)
+	if !ok {
+		return "", false
+	}
+	resp.Body.Close()
+	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+	if err != nil {
+		p.eagerFailed(ref, http.MethodHead, "no valid Docker-Content-Digest", "err", err)
+		return "", false
+	}
+	return d, true
+}
+
+// eagerRequest starts ggcr's handshake and sends method (GET or HEAD) for
+// ref's manifest beside it, without credentials. ok reports a 200 of a
+// known manifest type, whose body the caller closes.
+func (p *puller) eagerRequest(ctx context.Context, rp *remote.Puller, ref name.Reference, method string) (*http.Response, bool) {
+	go handshake(ctx, rp, ref)
 	repo := ref.Context()
 	u := url.URL{
 		Scheme: repo.Registry.Scheme(),
 		Host:   repo.RegistryStr(),
 		Path:   fmt.Sprintf("/v2/%s/manifests/%s", repo.RepositoryStr(), ref.Identifier()),
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
-		log("bad request", "err", err)
-		return nil, "", false
+		p.eagerFailed(ref, method, "bad request", "err", err)
+		return nil, false
 	}
 	accept := make([]string, len(eagerManifestTypes))
 	for i, mt := range eagerManifestTypes {
@@ -92,33 +131,27 @@ func (p *puller) eagerGet(ctx context.Context, rp *remote.Puller, ref name.Refer
 	// costs nothing, since ggcr then asks with its own.
 	resp, err := transport.NewUserAgent(p.o.transport, p.o.userAgent).RoundTrip(req)
 	if err != nil {
-		log("no answer", "err", err)
-		return nil, "", false
+		p.eagerFailed(ref, method, "no answer", "err", err)
+		return nil, false
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		// Drain a little, so that the connection can serve ggcr next.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		log("answered "+resp.Status, "status", resp.StatusCode)
-		return nil, "", false
+		resp.Body.Close()
+		p.eagerFailed(ref, method, "answered "+resp.Status, "status", resp.StatusCode)
+		return nil, false
 	}
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	known := false
-	for _, t := range eagerManifestTypes {
-		known = known || mt == string(t)
+	if !slices.Contains(eagerManifestTypes, types.MediaType(mt)) {
+		resp.Body.Close()
+		p.eagerFailed(ref, method, "unexpected media type", "mediaType", mt)
+		return nil, false
 	}
-	if !known {
-		log("unexpected media type", "mediaType", mt)
-		return nil, "", false
-	}
-	raw, err = io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
-	switch {
-	case err != nil:
-		log("body cut", "err", err)
-		return nil, "", false
-	case len(raw) > maxManifestSize:
-		log("manifest too large", "limit", maxManifestSize)
-		return nil, "", false
-	}
-	return raw, resp.Header.Get("Docker-Content-Digest"), true
+	return resp, true
+}
+
+// eagerFailed logs why the early request is not used.
+func (p *puller) eagerFailed(ref name.Reference, method, why string, args ...any) {
+	p.o.logger.Debug(method+" of the tag's manifest before the handshake: "+why+"; asking through ggcr",
+		append([]any{"ref", ref.Name()}, args...)...)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,8 +19,8 @@ import (
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
-// front is a server in front of a test registry that notes the order of
-// what it sees and may answer some requests itself (handle returns true).
+// front notes the order of what a server in front of a test registry
+// (serveFront) sees.
 type front struct {
 	mu     sync.Mutex
 	events []string
@@ -47,8 +48,9 @@ func (f *front) count(e string) int {
 	return n
 }
 
-// serve starts the front server; its references name repo:tag on it.
-func (f *front) serve(t *testing.T, reg *testRegistry, handle func(w http.ResponseWriter, req *http.Request) bool) string {
+// serveFront starts a server in front of reg that lets handle answer
+// requests first (when it returns true), and returns its host.
+func serveFront(t *testing.T, reg *testRegistry, handle func(w http.ResponseWriter, req *http.Request) bool) string {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if handle != nil && handle(w, req) {
@@ -62,15 +64,12 @@ func (f *front) serve(t *testing.T, reg *testRegistry, handle func(w http.Respon
 
 func isPing(req *http.Request) bool { return req.URL.Path == "/v2/" }
 
-func isTagGet(req *http.Request, tag string) bool {
-	return req.Method == http.MethodGet && strings.HasSuffix(req.URL.Path, "/manifests/"+tag)
-}
-
-// An anonymous pull of a new tag sends the manifest GET without waiting
-// for ggcr's handshake: here the registry holds its answer to the ping
-// until the manifest GET has arrived. With a WithRemote option, the pull
-// may be authenticated, and the handshake comes first, as in ggcr.
-func TestImage_NewTagGetBeforeHandshake(t *testing.T) {
+// An anonymous pull asks for a tag's manifest (GET for a new tag, HEAD
+// for a recorded one) without waiting for ggcr's handshake: here the
+// registry holds its answer to the ping until that request has arrived.
+// With a WithRemote option, the pull may be authenticated, and the
+// handshake comes first, as in ggcr.
+func TestImage_TagAskedBeforeHandshake(t *testing.T) {
 	reg := newTestRegistry(t)
 	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 41, 2, 4096))
 	for _, tc := range []struct {
@@ -83,10 +82,15 @@ func TestImage_NewTagGetBeforeHandshake(t *testing.T) {
 		{"WithRemote", []remotecache.Option{fast}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := &front{}
-			arrived := make(chan struct{})
-			var once sync.Once
-			host := f.serve(t, reg, func(w http.ResponseWriter, req *http.Request) bool {
+			var (
+				mu      sync.Mutex
+				f       *front
+				arrived chan struct{}
+			)
+			host := serveFront(t, reg, func(w http.ResponseWriter, req *http.Request) bool {
+				mu.Lock()
+				f, arrived := f, arrived
+				mu.Unlock()
 				switch {
 				case isPing(req):
 					f.note("ping")
@@ -97,45 +101,46 @@ func TestImage_NewTagGetBeforeHandshake(t *testing.T) {
 						}
 					}
 					f.note("ping answered")
-				case isTagGet(req, "v1"):
-					if tc.eager {
-						if ua := req.Header.Get("User-Agent"); len(tc.opts) > 0 && !strings.HasPrefix(ua, "test ") {
-							t.Errorf("User-Agent of the manifest GET: %q, want it to start with the one given", ua)
-						}
+				case strings.HasSuffix(req.URL.Path, "/manifests/v1"):
+					if ua := req.Header.Get("User-Agent"); tc.eager && len(tc.opts) > 0 && !strings.HasPrefix(ua, "test ") {
+						t.Errorf("User-Agent of the manifest %s: %q, want it to start with the one given", req.Method, ua)
 					}
-					f.note("tag GET")
-					once.Do(func() { close(arrived) })
+					f.note("tag " + req.Method)
+					select {
+					case <-arrived:
+					default:
+						close(arrived)
+					}
 				}
 				return false
 			})
 			ref := must(name.ParseReference(host + "/test/img:v1"))
 			s, _ := openStore(t)
-			img, err := remotecache.Image(ref, s, tc.opts...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fx.assertImage(t, img, fx.img)
-			ev := f.seen()
-			first := -1
-			for i, e := range ev {
-				if e == "tag GET" {
-					first = i
-					break
+			for _, method := range []string{http.MethodGet, http.MethodHead} {
+				mu.Lock()
+				f, arrived = &front{}, make(chan struct{})
+				mu.Unlock()
+				img, err := remotecache.Image(ref, s, tc.opts...)
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-			answered := strings.Join(ev, ", ")
-			if first < 0 {
-				t.Fatalf("no GET by tag: %s", answered)
-			}
-			before := !strings.Contains(strings.Join(ev[:first], ","), "ping answered")
-			if before != tc.eager {
-				t.Errorf("tag GET before the ping was answered: %v, want %v (events: %s)", before, tc.eager, answered)
-			}
-			if n := f.count("tag GET"); n != 1 {
-				t.Errorf("%d GETs by tag, want 1 (events: %s)", n, answered)
-			}
-			if d, err := s.Resolve(t.Context(), ref.Name()); err != nil || d.Digest.String() != fx.digest.String() {
-				t.Errorf("the tag resolves to %v (%v), want %s", d.Digest, err, fx.digest)
+				fx.assertImage(t, img, fx.img)
+				ev := f.seen()
+				events := strings.Join(ev, ", ")
+				first := slices.Index(ev, "tag "+method)
+				if first < 0 {
+					t.Fatalf("no %s by tag: %s", method, events)
+				}
+				before := !slices.Contains(ev[:first], "ping answered")
+				if before != tc.eager {
+					t.Errorf("%s by tag before the ping was answered: %v, want %v (events: %s)", method, before, tc.eager, events)
+				}
+				if n := f.count("tag GET") + f.count("tag HEAD"); n != 1 {
+					t.Errorf("%d requests of the manifest by tag, want 1 (events: %s)", n, events)
+				}
+				if d, err := s.Resolve(t.Context(), ref.Name()); err != nil || d.Digest.String() != fx.digest.String() {
+					t.Errorf("the tag resolves to %v (%v), want %s", d.Digest, err, fx.digest)
+				}
 			}
 		})
 	}
@@ -147,7 +152,7 @@ func TestImage_NewTagGetBeforeHandshake(t *testing.T) {
 func tokenRegistry(t *testing.T, reg *testRegistry, f *front) string {
 	t.Helper()
 	var host string
-	host = f.serve(t, reg, func(w http.ResponseWriter, req *http.Request) bool {
+	host = serveFront(t, reg, func(w http.ResponseWriter, req *http.Request) bool {
 		if req.URL.Path == "/token" {
 			f.note("token")
 			w.Header().Set("Content-Type", "application/json")
@@ -155,8 +160,8 @@ func tokenRegistry(t *testing.T, reg *testRegistry, f *front) string {
 			return true
 		}
 		authed := req.Header.Get("Authorization") == "Bearer t0k3n"
-		if isTagGet(req, "v1") {
-			f.note(fmt.Sprintf("tag GET, token %v", authed))
+		if strings.HasSuffix(req.URL.Path, "/manifests/v1") {
+			f.note(fmt.Sprintf("tag %s, token %v", req.Method, authed))
 		}
 		if !authed {
 			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test"`, host))
@@ -169,10 +174,10 @@ func tokenRegistry(t *testing.T, reg *testRegistry, f *front) string {
 }
 
 // A registry that wants a token even from anonymous pulls answers the
-// early GET 401: the pull goes on through ggcr's handshake, with one
+// early GET (or HEAD) 401: the pull goes on through ggcr's handshake, with one
 // extra request. With credentials in the keychain, no request goes
 // without them.
-func TestImage_NewTagGetOnTokenRegistry(t *testing.T) {
+func TestImage_TagAskedOnTokenRegistry(t *testing.T) {
 	reg := newTestRegistry(t)
 	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 42, 2, 4096))
 	for _, tc := range []struct {
@@ -188,13 +193,15 @@ func TestImage_NewTagGetOnTokenRegistry(t *testing.T) {
 			host := tokenRegistry(t, reg, f)
 			ref := must(name.ParseReference(host + "/test/img:v1"))
 			s, _ := openStore(t)
-			img, err := remotecache.Image(ref, s, tc.opts...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fx.assertImage(t, img, fx.img)
-			if n, m := f.count("tag GET, token false"), f.count("tag GET, token true"); n != tc.untokened || m != 1 {
-				t.Errorf("GETs by tag: %d without the token, %d with; want %d and 1 (events: %v)", n, m, tc.untokened, f.seen())
+			for _, method := range []string{http.MethodGet, http.MethodHead} {
+				img, err := remotecache.Image(ref, s, tc.opts...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fx.assertImage(t, img, fx.img)
+				if n, m := f.count("tag "+method+", token false"), f.count("tag "+method+", token true"); n != tc.untokened || m != 1 {
+					t.Errorf("%ss by tag: %d without the token, %d with; want %d and 1 (events: %v)", method, n, m, tc.untokened, f.seen())
+				}
 			}
 		})
 	}

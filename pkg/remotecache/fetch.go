@@ -174,6 +174,11 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 		}
 		unlock()
 	}
+	if p.anonymous {
+		if d, ok := p.eagerHead(ctx, rp, ref); ok {
+			return d, nil, noop, nil
+		}
+	}
 	desc, err := rp.Head(ctx, ref)
 	if err == nil {
 		d, err := toDigest(desc.Digest)
