@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -30,20 +32,35 @@ import (
 // containerd sends its requests first and authenticates when one is
 // answered 401. remotecache does the same for the one request that
 // everything else waits for, the manifest's (a GET for a tag the cache
-// has not recorded, a HEAD for one it has), when it knows the pull sends
-// no credentials anyway (no WithRemote options, and a WithKeychain, if
-// any, that has none for the registry): it sends that request itself, at
-// once, while ggcr's handshake runs beside it. A registry that serves
+// has not recorded, a HEAD for one it has), when the pull is anonymous:
+// no WithRemote options, and a WithKeychain, if any, that has no
+// credentials for the registry. It sends that request itself, over the
+// transport WithTransport gave (whatever headers that adds go with it),
+// at once, while ggcr's handshake runs beside it. A registry that serves
 // anonymous pulls (a local registry, a mirror, many in-house registries)
 // answers 200, and the blobs follow one round trip earlier. Any other
 // answer (401 from a registry that wants a token, even for anonymous
 // pulls, as Docker Hub and ghcr.io do; a redirect; an error) is dropped,
 // and the request goes through ggcr as before, whose handshake has
-// meanwhile run: no later than before, with one extra request.
+// meanwhile run. The early request is given as long again as the
+// handshake took, at least eagerGraceMin, after the handshake is done:
+// past that, ggcr asks instead, so a registry that is slow to answer
+// anonymous requests costs at most one handshake's time more.
 //
-// A GET's answer is checked as ggcr's would be: against the digest named
-// in Docker-Content-Digest, in getByTag. A HEAD's digest names a manifest
-// that is then read from the store, verified, or fetched by digest.
+// The early request uses https, as ggcr's handshake tries first, except
+// on loopback (localhost, 127.0.0.0/8, ::1), where local registries serve
+// plain http and nothing else is on the path. A registry that ggcr may
+// reach over either (name.Insecure, a private address) is left to ggcr's
+// handshake to decide, and gets no early request.
+//
+// A GET's answer is checked against the digest the registry names in
+// Docker-Content-Digest, in getByTag, as remotecache checks ggcr's (ggcr
+// does not for a tag). A HEAD's digest names a manifest that is then read
+// from the store, verified, or fetched by digest.
+
+// eagerGraceMin is the least time an early request is given once the
+// handshake beside it is done.
+const eagerGraceMin = 50 * time.Millisecond
 
 // noBlob names a blob that no registry holds. Asking ggcr's Puller for a
 // Layer by it builds the Puller's client for the repository, which is the
@@ -51,9 +68,9 @@ import (
 const noBlob = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
 
 // handshake runs ggcr's ping and token fetch for the repository of ref,
-// so that the Puller's later requests find its client ready. Its error,
-// if any, is the one those requests will report (ggcr forgets a failed
-// handshake and tries again), so it is not kept here.
+// so that the Puller's requests find its client ready. Its error is not
+// kept: ggcr forgets a failed handshake, and the next request through
+// the Puller tries again and reports its own.
 func handshake(ctx context.Context, rp *remote.Puller, ref name.Reference) {
 	_, _ = rp.Layer(ctx, ref.Context().Digest(noBlob))
 }
@@ -67,33 +84,57 @@ var eagerManifestTypes = []types.MediaType{
 	types.OCIImageIndex,
 }
 
+// eagerScheme is the scheme of the early request to reg, and whether to
+// send one at all (see above).
+func eagerScheme(reg name.Registry) (string, bool) {
+	if reg.Scheme() == "https" {
+		return "https", true
+	}
+	host := reg.RegistryStr()
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.Trim(host, "[]")
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return "http", true
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return "http", true
+	}
+	return "", false
+}
+
 // eagerGet sends the GET of ref's manifest without credentials and
-// without waiting for ggcr's handshake, which it starts beside it. ok
-// reports a 200 with a manifest of a known type; raw is then the body,
-// not checked yet, and claimed the Docker-Content-Digest header.
-// Otherwise the caller asks through ggcr.
-func (p *puller) eagerGet(ctx context.Context, rp *remote.Puller, ref name.Reference) (raw []byte, claimed string, ok bool) {
-	resp, ok := p.eagerRequest(ctx, rp, ref, http.MethodGet)
+// without waiting for ggcr's handshake (see above). ok reports a 200 with
+// a manifest of a known type; raw is then the body, not checked yet, and
+// claimed the Docker-Content-Digest header. Otherwise the caller asks
+// through ggcr, unless err says why the pull cannot go on.
+func (p *puller) eagerGet(ctx context.Context, rp *remote.Puller, ref name.Reference) (raw []byte, claimed string, ok bool, err error) {
+	c := p.eagerStart(ctx, rp, ref)
+	defer c.finish()
+	resp, ok := p.eagerRequest(c, ref, http.MethodGet)
 	if !ok {
-		return nil, "", false
+		return nil, "", false, nil
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+	raw, err = io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
 	switch {
 	case err != nil:
 		p.eagerFailed(ref, http.MethodGet, "body cut", "err", err)
-		return nil, "", false
+		return nil, "", false, nil
 	case len(raw) > maxManifestSize:
-		p.eagerFailed(ref, http.MethodGet, "manifest too large", "limit", maxManifestSize)
-		return nil, "", false
+		// ggcr would fetch it again only for getByTag to refuse it.
+		return nil, "", false, fmt.Errorf("manifest of %s: %w", ref, errTooLarge)
 	}
-	return raw, resp.Header.Get("Docker-Content-Digest"), true
+	return raw, resp.Header.Get("Docker-Content-Digest"), true, nil
 }
 
 // eagerHead is eagerGet for the HEAD that asks whether a recorded tag
 // moved: d is the digest the registry names, when ok.
 func (p *puller) eagerHead(ctx context.Context, rp *remote.Puller, ref name.Reference) (d digest.Digest, ok bool) {
-	resp, ok := p.eagerRequest(ctx, rp, ref, http.MethodHead)
+	c := p.eagerStart(ctx, rp, ref)
+	defer c.finish()
+	resp, ok := p.eagerRequest(c, ref, http.MethodHead)
 	if !ok {
 		return "", false
 	}
@@ -106,18 +147,66 @@ func (p *puller) eagerHead(ctx context.Context, rp *remote.Puller, ref name.Refe
 	return d, true
 }
 
-// eagerRequest starts ggcr's handshake and sends method (GET or HEAD) for
-// ref's manifest beside it, without credentials. ok reports a 200 of a
-// known manifest type, whose body the caller closes.
-func (p *puller) eagerRequest(ctx context.Context, rp *remote.Puller, ref name.Reference, method string) (*http.Response, bool) {
-	go handshake(ctx, rp, ref)
+// eagerCall is an early request and the handshake beside it.
+type eagerCall struct {
+	ctx      context.Context // of the early request
+	cancel   context.CancelFunc
+	hs       chan struct{} // closed when the handshake is done
+	answered chan struct{} // closed when the early request has its answer's headers
+}
+
+// eagerStart starts ggcr's handshake, and a watch that cancels the early
+// request if it has no answer once the handshake has been done for as
+// long as it took (at least eagerGraceMin). An answer that has begun is
+// read to its end, as ggcr's would be.
+func (p *puller) eagerStart(ctx context.Context, rp *remote.Puller, ref name.Reference) *eagerCall {
+	ectx, cancel := context.WithCancel(ctx)
+	c := &eagerCall{ctx: ectx, cancel: cancel, hs: make(chan struct{}), answered: make(chan struct{})}
+	began := time.Now()
+	go func() {
+		defer close(c.hs)
+		handshake(ctx, rp, ref)
+	}()
+	go func() {
+		select {
+		case <-c.hs:
+		case <-c.answered:
+			return
+		case <-ectx.Done():
+			return
+		}
+		t := time.NewTimer(max(time.Since(began), eagerGraceMin))
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-c.answered:
+		case <-ectx.Done():
+		}
+	}()
+	return c
+}
+
+// finish ends the early request and waits for the handshake, which the
+// pull needs next (or, when everything is cached, which must not outlive
+// the call).
+func (c *eagerCall) finish() {
+	c.cancel()
+	<-c.hs
+}
+
+// eagerRequest sends method (GET or HEAD) for ref's manifest, without
+// credentials, as c's early request. ok reports a 200 of a known
+// manifest type, whose body the caller closes.
+func (p *puller) eagerRequest(c *eagerCall, ref name.Reference, method string) (*http.Response, bool) {
 	repo := ref.Context()
+	scheme, _ := eagerScheme(repo.Registry)
 	u := url.URL{
-		Scheme: repo.Registry.Scheme(),
+		Scheme: scheme,
 		Host:   repo.RegistryStr(),
 		Path:   fmt.Sprintf("/v2/%s/manifests/%s", repo.RepositoryStr(), ref.Identifier()),
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	req, err := http.NewRequestWithContext(c.ctx, method, u.String(), nil)
 	if err != nil {
 		p.eagerFailed(ref, method, "bad request", "err", err)
 		return nil, false
@@ -134,17 +223,18 @@ func (p *puller) eagerRequest(ctx context.Context, rp *remote.Puller, ref name.R
 		p.eagerFailed(ref, method, "no answer", "err", err)
 		return nil, false
 	}
-	if resp.StatusCode != http.StatusOK {
+	close(c.answered)
+	why, args := "", []any(nil)
+	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); resp.StatusCode != http.StatusOK {
+		why, args = "answered "+resp.Status, []any{"status", resp.StatusCode}
+	} else if !slices.Contains(eagerManifestTypes, types.MediaType(mt)) {
+		why, args = "unexpected media type", []any{"mediaType", mt}
+	}
+	if why != "" {
 		// Drain a little, so that the connection can serve ggcr next.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
-		p.eagerFailed(ref, method, "answered "+resp.Status, "status", resp.StatusCode)
-		return nil, false
-	}
-	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	if !slices.Contains(eagerManifestTypes, types.MediaType(mt)) {
-		resp.Body.Close()
-		p.eagerFailed(ref, method, "unexpected media type", "mediaType", mt)
+		p.eagerFailed(ref, method, why, args...)
 		return nil, false
 	}
 	return resp, true

@@ -45,20 +45,33 @@ type puller struct {
 	anonymous bool // the pull sends no credentials, as far as remotecache can tell (see eager.go)
 }
 
+// resolved is a keychain that has resolved already.
+type resolved struct{ auth authn.Authenticator }
+
+func (r resolved) Resolve(authn.Resource) (authn.Authenticator, error) { return r.auth, nil }
+
 // remote returns the ggcr puller of this pull.
 func (p *puller) remote(ctx context.Context) (*remote.Puller, error) {
 	p.rpOnce.Do(func() {
 		ro := p.o.remoteOptions()
-		p.anonymous = len(p.o.remote) == 0
-		if p.o.keychain != nil {
-			auth, err := authn.Resolve(ctx, p.o.keychain, p.repo)
-			if err != nil {
-				p.rpErr = fmt.Errorf("credentials for %s: %w", p.repo, err)
-				return
+		_, early := eagerScheme(p.repo.Registry)
+		p.anonymous = early && len(p.o.remote) == 0
+		if kc := p.o.keychain; kc != nil {
+			// Resolved here to know whether the pull is anonymous, and
+			// handed to ggcr resolved, so that credential helpers run
+			// once. A keychain that fails is left to ggcr, which fails
+			// the same way when it makes its first request: as before
+			// WithKeychain, a tag cached already then resolves offline.
+			auth, err := authn.Resolve(ctx, kc, p.repo)
+			if err == nil {
+				kc = resolved{auth}
+			} else {
+				p.o.logger.Debug("keychain failed; leaving it to ggcr", "repo", p.repo.Name(), "err", err)
 			}
-			// Before the caller's own options, which win.
-			ro = append([]remote.Option{remote.WithAuth(auth)}, ro...)
-			p.anonymous = p.anonymous && auth == authn.Anonymous
+			// Before the caller's own options: a keychain given in
+			// WithRemote replaces it.
+			ro = append([]remote.Option{remote.WithAuthFromKeychain(kc)}, ro...)
+			p.anonymous = p.anonymous && err == nil && auth == authn.Anonymous
 		}
 		p.rp, p.rpErr = remote.NewPuller(ro...)
 	})
@@ -222,7 +235,11 @@ func tagLockKey(ref name.Reference) digest.Digest {
 // digest could be checked: the caller then fetches the manifest by digest.
 func (p *puller) getByTag(ctx context.Context, rp *remote.Puller, ref name.Reference) (digest.Digest, []byte, error) {
 	if p.anonymous {
-		if raw, claimed, ok := p.eagerGet(ctx, rp, ref); ok {
+		raw, claimed, ok, err := p.eagerGet(ctx, rp, ref)
+		if err != nil {
+			return "", nil, err
+		}
+		if ok {
 			if err := checkClaimed(ref, raw, claimed, ""); err != nil {
 				return "", nil, err
 			}
@@ -238,7 +255,7 @@ func (p *puller) getByTag(ctx context.Context, rp *remote.Puller, ref name.Refer
 	}
 	raw := desc.Manifest
 	if len(raw) > maxManifestSize {
-		return "", nil, fmt.Errorf("manifest of %s: larger than %d bytes", ref, maxManifestSize)
+		return "", nil, fmt.Errorf("manifest of %s: %w", ref, errTooLarge)
 	}
 	claimed, mt, seen := c.get()
 	if !seen {
@@ -287,13 +304,18 @@ func checkClaimed(ref name.Reference, raw []byte, claimed, mt string) error {
 	return nil
 }
 
+// errTooLarge is a manifest over maxManifestSize.
+var errTooLarge = fmt.Errorf("larger than %d bytes", maxManifestSize)
+
 // unreachable reports whether err means the registry could not be
-// reached at all, as opposed to an answer such as 404 or 401. A gateway's
+// reached at all, as opposed to an answer such as 404 or 401, or bytes
+// that are not what they should be. A gateway's
 // 502, 503 or 504 (after ggcr's retries) counts as unreachable: it is what
 // an HTTP proxy, mirror or load balancer in front of a registry that is
 // down answers instead of a refused connection.
 func unreachable(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrInvalidDigest) || errors.Is(err, errTooLarge) {
 		return false
 	}
 	var terr *transport.Error

@@ -102,9 +102,11 @@ func WithRemote(opts ...remote.Option) Option {
 // remote.WithAuthFromKeychain does (crane and ko use
 // authn.DefaultKeychain). Prefer it to passing that through WithRemote:
 // when the keychain has no credentials for the registry, remotecache then
-// knows the pull is anonymous, and asks for a new tag's manifest without
-// waiting for ggcr's handshake with the registry (see eager.go). The
-// default is anonymous access.
+// knows the pull is anonymous, and asks for the tag's manifest without
+// waiting for ggcr's handshake with the registry (see eager.go). A
+// keychain given in WithRemote replaces this one; remote.WithAuth in
+// WithRemote conflicts with it, and ggcr refuses the pair. The default is
+// anonymous access.
 func WithKeychain(kc authn.Keychain) Option {
 	return func(o *options) error {
 		if kc == nil {
