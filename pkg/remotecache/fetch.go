@@ -150,11 +150,11 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 		return "", nil, noop, err
 	}
 	if cerr != nil {
-		// The wait is bounded: the holder may be a Warm, which keeps the
-		// lock until its last layer is in, while its GET was over long
-		// before; past tagWaitMax a HEAD finds the manifest in the store.
-		// A bounded wait also means that a pull holding a blob's lock
-		// that the Warm needs cannot deadlock with it.
+		// The holder records the tag as soon as its manifest is in, and
+		// then releases the lock. The wait is bounded all the same: past
+		// tagWaitMax a HEAD finds the manifest in the store, and a pull
+		// holding a blob's lock that the holder needs cannot deadlock
+		// with it.
 		wctx, cancel := context.WithTimeout(ctx, tagWaitMax)
 		unlock, lerr := p.s.LockBlob(wctx, tagLockKey(ref))
 		cancel()

@@ -53,10 +53,14 @@ type Progress struct {
 // parallel (WithJobs). For an index, one platform is warmed (WithPlatform,
 // default linux/amd64), or all of them with WithAllPlatforms.
 //
-// On success, the image is recorded in index.json under ref's full name
-// with the digest of its manifest or index, so that later pulls of the tag
-// can resolve offline. Warm needs a writable cache: a read-only or full
-// cache is an error here, unlike on the pull path.
+// The image is recorded in index.json under ref's full name with the
+// digest of its manifest or index, so that later pulls of the tag can
+// resolve offline: a tag the cache had not recorded as soon as its
+// manifest is fetched, as Image does, so that other pulls of it need not
+// wait for this Warm; a tag that moved only on success, so that until
+// then it resolves offline to the image the cache holds whole. Warm needs
+// a writable cache: a read-only or full cache is an error here, unlike on
+// the pull path.
 func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Option) (Report, error) {
 	start := time.Now()
 	o, err := makeOptions(append(opts, WithContext(ctx)))
@@ -66,13 +70,19 @@ func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Optio
 	p := newPuller(s, o, ref.Context())
 	p.stats.record = nil // recorded once, at the end
 	rep := Report{Ref: ref.Name()}
-	// A new tag stays locked until it is recorded below, so that other
-	// processes warming it wait and then resolve it with a HEAD.
 	desc, raw, release, err := p.resolve(ctx, ref)
 	if err != nil {
 		return rep, err
 	}
-	defer release()
+	// A tag the cache had not recorded is recorded at once, as Image
+	// does, and its lock released: other pulls of the tag then ask with
+	// a HEAD and find the manifest stored, instead of waiting for this
+	// Warm's blobs. A tag that moved is recorded below, once the new
+	// image is in: until then it resolves offline to the old, whole one.
+	if _, err := s.Resolve(ctx, ref.Name()); errors.Is(err, store.ErrNotFound) {
+		p.recordRef(ctx, ref, desc)
+	}
+	release()
 	rep.Digest = desc.Digest.String()
 	rep.MediaType = string(desc.MediaType)
 	rep.Offline = p.offline

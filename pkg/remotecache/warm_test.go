@@ -340,3 +340,72 @@ func TestWithCounters(t *testing.T) {
 		}
 	}
 }
+
+// A pull of a new tag that a Warm is fetching waits for the Warm's GET of
+// the manifest, not for its blobs: the Warm records the tag as soon as
+// the manifest is in, and the pull asks with a HEAD.
+func TestWarm_NewTagNotHeldByBlobs(t *testing.T) {
+	defer remotecache.SetTagWaitMax(time.Minute)()
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 71, 2, 4096))
+	const slow = 3 * time.Second
+	for _, h := range fx.layers {
+		reg.setFault(h, delay(slow))
+	}
+	s, _ := openStore(t)
+	warmed := make(chan error, 1)
+	go func() {
+		_, err := remotecache.Warm(t.Context(), fx.ref, s, fast)
+		warmed <- err
+	}()
+	// Wait for the Warm's GET by tag, then pull the tag.
+	for deadline := time.Now().Add(10 * time.Second); reg.manifestGetsOf("v1") == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the Warm made no GET of the manifest")
+		}
+	}
+	start := time.Now()
+	img, err := remotecache.Image(fx.ref, s, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := must(img.Digest()); d != fx.digest {
+		t.Errorf("image digest %s, want %s", d, fx.digest)
+	}
+	if took := time.Since(start); took > slow/2 {
+		t.Errorf("the pull took %v: it waited for the Warm's blobs", took)
+	}
+	if err := <-warmed; err != nil {
+		t.Fatal(err)
+	}
+	if tag, heads := reg.manifestGetsOf("v1"), reg.heads(); tag != 1 || heads != 1 {
+		t.Errorf("%d GETs by tag, %d HEADs; want 1 and 1", tag, heads)
+	}
+}
+
+// A Warm of a tag that moved records the new digest only once the new
+// image is in: if it fails, the tag still resolves (offline too) to the
+// image the cache holds whole.
+func TestWarm_MovedTagRecordedOnSuccess(t *testing.T) {
+	reg := newTestRegistry(t)
+	old := reg.pushImage(t, "test/img:v1", randomImage(t, 72, 1, 1024))
+	s, _ := openStore(t)
+	if _, err := remotecache.Warm(t.Context(), old.ref, s, fast); err != nil {
+		t.Fatal(err)
+	}
+	moved := reg.pushImage(t, "test/img:v1", randomImage(t, 73, 1, 1024))
+	reg.setFault(moved.layers[0], status(http.StatusNotFound))
+	if _, err := remotecache.Warm(t.Context(), moved.ref, s, fast); err == nil {
+		t.Fatal("Warm with a missing layer: no error")
+	}
+	if d, err := s.Resolve(t.Context(), old.ref.Name()); err != nil || d.Digest.String() != old.digest.String() {
+		t.Errorf("after the failed Warm the tag resolves to %v (%v), want the old %s", d.Digest, err, old.digest)
+	}
+	reg.clearFaults()
+	if _, err := remotecache.Warm(t.Context(), moved.ref, s, fast); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.Resolve(t.Context(), old.ref.Name()); err != nil || d.Digest.String() != moved.digest.String() {
+		t.Errorf("after the Warm the tag resolves to %v (%v), want the new %s", d.Digest, err, moved.digest)
+	}
+}
