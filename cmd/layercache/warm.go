@@ -36,8 +36,9 @@ func newWarmCmd(g *globals) *cobra.Command {
 		Long: `Make sure the cache holds every blob of each IMAGE: its manifest (and index),
 config and layers. Cached blobs are re-hashed and kept; corrupted ones are
 fetched again; missing ones are fetched from the registry, several at once.
-Each image is then recorded in the cache's index.json under its reference, so
-later pulls can resolve the tag offline.
+Each image is recorded in the cache's index.json under its reference, so later
+pulls can resolve the tag offline; a tag that moved is recorded only once its
+new image is whole.
 
 Credentials come from the Docker config, as with crane and docker.`,
 		Example: `  # Warm a base image before a build
