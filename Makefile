@@ -31,11 +31,11 @@ unit:
 
 ## fuzz: a short run of each fuzz target over its checked-in corpus, a
 ## fixed number of inputs each (a few seconds each here; FUZZN=10 runs ten
-## times as many). Counts, not durations: with -fuzztime=8s, Go 1.26's fuzz
-## coordinator can report "context deadline exceeded" as a failure when a
-## worker is mid-input at the deadline (go.dev/issue/75804), which slow
-## targets on a busy 2-core runner hit. Minimizing a new input is bounded
-## by count too.
+## times as many; a positive integer). Counts, not durations: with
+## -fuzztime=8s, Go 1.26's fuzz coordinator can report its own deadline,
+## "context deadline exceeded", as a failure (go.dev/issue/75804), which
+## slow targets on a busy 2-core runner hit. Minimizing a new input is
+## bounded by count too. Nothing bounds the time but the count.
 FUZZ = $(GO) test -run='^$$' -fuzzminimizetime=50x
 fuzz:
 	$(FUZZ) -fuzz='^FuzzBlobPath$$' -fuzztime=$$((100000 * $(FUZZN)))x ./layout

@@ -19,8 +19,8 @@ import (
 const fzManifest = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",` +
 	`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`
 
-// FuzzIndex writes arbitrary bytes as index.json: garbage, truncated or
-// huge files, wrong types, hostile digests. ReadIndex reports ErrBadIndex
+// FuzzIndex writes arbitrary bytes as index.json: garbage, truncated
+// files, wrong types, hostile digests (huge files are TestReadIndex's). ReadIndex reports ErrBadIndex
 // or returns an index whose every digest validates, never a panic; the
 // next UpdateIndex succeeds, keeps every valid entry, or, for a bad file,
 // keeps it as index.json.corrupt and rebuilds the index from the blobs.

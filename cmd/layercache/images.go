@@ -15,7 +15,8 @@ func newImagesCmd(g *globals) *cobra.Command {
 		Short: "List the warmed images recorded in the cache's index.json",
 		Long: `List the references warmed into the cache, with the digest they resolved to,
 the platforms cached, the bytes the cache holds for them and their last use.
-An image marked incomplete lost blobs (to prune, say): warm it again.`,
+An image marked incomplete misses blobs: it lost some (to prune, say), or a
+warm of it failed or is still running. Warm it again.`,
 		Example: `  layercache images
   layercache images --json | jq -r '.[].ref'`,
 		Args: noArgs,

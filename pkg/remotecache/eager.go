@@ -68,11 +68,13 @@ const eagerGraceMin = 50 * time.Millisecond
 const noBlob = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
 
 // handshake runs ggcr's ping and token fetch for the repository of ref,
-// so that the Puller's requests find its client ready. Its error is not
-// kept: ggcr forgets a failed handshake, and the next request through
-// the Puller tries again and reports its own.
-func handshake(ctx context.Context, rp *remote.Puller, ref name.Reference) {
-	_, _ = rp.Layer(ctx, ref.Context().Digest(noBlob))
+// so that the Puller's requests find its client ready. ggcr forgets a
+// failed handshake, and the next request through the Puller would try
+// it all again, so when the early request failed too, its error is the
+// pull's (eagerCall.hsErr).
+func handshake(ctx context.Context, rp *remote.Puller, ref name.Reference) error {
+	_, err := rp.Layer(ctx, ref.Context().Digest(noBlob))
+	return err
 }
 
 // eagerManifestTypes are the manifests a pull can use, in ggcr's order of
@@ -108,14 +110,15 @@ func eagerScheme(reg name.Registry) (string, bool) {
 // without waiting for ggcr's handshake (see above). ok reports a 200 with
 // a manifest of a known type; raw is then the body, not checked yet, and
 // claimed the Docker-Content-Digest header. Otherwise the caller asks
-// through ggcr, unless err says why the pull cannot go on.
+// through ggcr, unless err says why the pull cannot go on: a manifest
+// too large, or a handshake that failed as well.
 func (p *puller) eagerGet(ctx context.Context, rp *remote.Puller, ref name.Reference) (raw []byte, claimed string, ok bool, err error) {
 	c := p.eagerStart(ctx, rp, ref)
-	defer c.finish()
 	resp, ok := p.eagerRequest(c, ref, http.MethodGet)
 	if !ok {
-		return nil, "", false, nil
+		return nil, "", false, c.finish()
 	}
+	defer c.finish()
 	defer resp.Body.Close()
 	raw, err = io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
 	switch {
@@ -130,21 +133,20 @@ func (p *puller) eagerGet(ctx context.Context, rp *remote.Puller, ref name.Refer
 }
 
 // eagerHead is eagerGet for the HEAD that asks whether a recorded tag
-// moved: d is the digest the registry names, when ok.
-func (p *puller) eagerHead(ctx context.Context, rp *remote.Puller, ref name.Reference) (d digest.Digest, ok bool) {
+// moved: d is the digest the registry names, when ok. err is the
+// handshake's, when the HEAD and the handshake both failed.
+func (p *puller) eagerHead(ctx context.Context, rp *remote.Puller, ref name.Reference) (d digest.Digest, ok bool, err error) {
 	c := p.eagerStart(ctx, rp, ref)
-	defer c.finish()
 	resp, ok := p.eagerRequest(c, ref, http.MethodHead)
-	if !ok {
-		return "", false
-	}
-	resp.Body.Close()
-	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
-	if err != nil {
+	if ok {
+		resp.Body.Close()
+		if d, err = digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil {
+			c.finish()
+			return d, true, nil
+		}
 		p.eagerFailed(ref, http.MethodHead, "no valid Docker-Content-Digest", "err", err)
-		return "", false
 	}
-	return d, true
+	return "", false, c.finish()
 }
 
 // eagerCall is an early request and the handshake beside it.
@@ -152,6 +154,7 @@ type eagerCall struct {
 	ctx      context.Context // of the early request
 	cancel   context.CancelFunc
 	hs       chan struct{} // closed when the handshake is done
+	hsErr    error         // the handshake's error, once hs is closed
 	answered chan struct{} // closed when the early request has its answer's headers
 }
 
@@ -165,7 +168,7 @@ func (p *puller) eagerStart(ctx context.Context, rp *remote.Puller, ref name.Ref
 	began := time.Now()
 	go func() {
 		defer close(c.hs)
-		handshake(ctx, rp, ref)
+		c.hsErr = handshake(ctx, rp, ref)
 	}()
 	go func() {
 		select {
@@ -189,10 +192,11 @@ func (p *puller) eagerStart(ctx context.Context, rp *remote.Puller, ref name.Ref
 
 // finish ends the early request and waits for the handshake, which the
 // pull needs next (or, when everything is cached, which must not outlive
-// the call).
-func (c *eagerCall) finish() {
+// the call), and returns the handshake's error.
+func (c *eagerCall) finish() error {
 	c.cancel()
 	<-c.hs
+	return c.hsErr
 }
 
 // eagerRequest sends method (GET or HEAD) for ref's manifest, without

@@ -479,3 +479,86 @@ func TestImage_EarlyGetCheckedAgainstHeader(t *testing.T) {
 		t.Errorf("the tag resolves to %v (%v), want ErrNotFound", d.Digest, err)
 	}
 }
+
+// timeoutDial is a transport whose dials time out, as to a host that is
+// down or behind a VPN that is off.
+func timeoutDial() http.RoundTripper {
+	return &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: context.DeadlineExceeded}
+	}}
+}
+
+// A registry whose dials time out is unreachable: a recorded tag resolves
+// offline, in both kinds of pull. Only the caller's own context running
+// out calls the pull off.
+func TestImage_DialTimeoutResolvesOffline(t *testing.T) {
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 47, 1, 1024))
+	for _, tc := range []struct {
+		name string
+		opts []remotecache.Option
+	}{
+		{"anonymous", nil},
+		{"WithRemote", []remotecache.Option{fast}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _ := openStore(t)
+			if _, err := remotecache.Warm(t.Context(), fx.ref, s, fast); err != nil {
+				t.Fatal(err)
+			}
+			img, err := remotecache.Image(fx.ref, s, append(tc.opts, remotecache.WithTransport(timeoutDial()))...)
+			if err != nil {
+				t.Fatalf("Image of a warmed tag, dials timing out: %v", err)
+			}
+			fx.assertImage(t, img, fx.img)
+			ctx, cancel := context.WithCancel(t.Context())
+			cancel()
+			if _, err := remotecache.Image(fx.ref, s, append(tc.opts, remotecache.WithContext(ctx))...); err == nil {
+				t.Error("Image with a context called off: no error")
+			}
+		})
+	}
+}
+
+// When the early request and ggcr's handshake both fail, the handshake's
+// error is the pull's: ggcr would forget it and ping again.
+func TestImage_FailedHandshakeNotRepeated(t *testing.T) {
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 48, 1, 1024))
+	f := newFront(t, reg, 0, false)
+	inner := f.srv.Config.Handler
+	var pings atomic.Int32
+	forbid := atomic.Bool{}
+	f.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if forbid.Load() && (req.URL.Path == "/v2/" || strings.Contains(req.URL.Path, "/manifests/")) {
+			if req.URL.Path == "/v2/" {
+				pings.Add(1)
+			}
+			http.Error(w, `{"errors":[{"code":"DENIED","message":"no"}]}`, http.StatusForbidden)
+			return
+		}
+		inner.ServeHTTP(w, req)
+	})
+	ref := must(name.ParseReference(f.host() + "/test/img:v1"))
+	s, _ := openStore(t)
+	img, err := remotecache.Image(ref, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.assertImage(t, img, fx.img)
+	forbid.Store(true)
+	v2 := must(name.ParseReference(f.host() + "/test/img:v2"))
+	for _, tc := range []struct {
+		what string
+		ref  name.Reference
+	}{{"recorded tag (HEAD)", ref}, {"new tag (GET)", v2}} {
+		pings.Store(0)
+		_, err := remotecache.Image(tc.ref, s)
+		if err == nil || !strings.Contains(err.Error(), "DENIED") {
+			t.Errorf("%s: Image with a forbidding registry: %v, want its DENIED", tc.what, err)
+		}
+		if n := pings.Load(); n != 1 {
+			t.Errorf("%s: %d pings, want 1", tc.what, n)
+		}
+	}
+}

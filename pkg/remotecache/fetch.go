@@ -57,21 +57,24 @@ func (p *puller) remote(ctx context.Context) (*remote.Puller, error) {
 		_, early := eagerScheme(p.repo.Registry)
 		p.anonymous = early && len(p.o.remote) == 0
 		if kc := p.o.keychain; kc != nil {
-			// Resolved here to know whether the pull is anonymous, and
-			// handed to ggcr resolved, so that credential helpers run
-			// once. A keychain that fails is left to ggcr, which fails
-			// the same way when it makes its first request: as before
-			// WithKeychain, a tag cached already then resolves offline.
-			auth, err := authn.Resolve(ctx, kc, p.repo)
-			if err == nil {
-				kc = resolved{auth}
-			} else {
-				p.o.logger.Debug("keychain failed; leaving it to ggcr", "repo", p.repo.Name(), "err", err)
+			// Resolved here, when an early request is possible at all,
+			// to know whether the pull is anonymous, and handed to ggcr
+			// resolved, so that credential helpers run once. A keychain
+			// that fails is left to ggcr, which fails the same way when
+			// it makes its first request: as before WithKeychain, a tag
+			// cached already then resolves offline.
+			if p.anonymous {
+				auth, err := authn.Resolve(ctx, kc, p.repo)
+				if err == nil {
+					kc = resolved{auth}
+				} else {
+					p.o.logger.Debug("keychain failed; leaving it to ggcr", "repo", p.repo.Name(), "err", err)
+				}
+				p.anonymous = err == nil && auth == authn.Anonymous
 			}
 			// Before the caller's own options: a keychain given in
 			// WithRemote replaces it.
 			ro = append([]remote.Option{remote.WithAuthFromKeychain(kc)}, ro...)
-			p.anonymous = p.anonymous && err == nil && auth == authn.Anonymous
 		}
 		p.rp, p.rpErr = remote.NewPuller(ro...)
 	})
@@ -176,7 +179,7 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 				switch {
 				case err == nil:
 					return d, raw, unlock, nil
-				case unreachable(err):
+				case unreachable(ctx, err):
 					unlock()
 					return "", nil, noop, neverWarmed(ref, err)
 				default:
@@ -187,17 +190,23 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 		}
 		unlock()
 	}
+	err = nil
 	if p.anonymous {
-		if d, ok := p.eagerHead(ctx, rp, ref); ok {
+		// A handshake that failed (err) is not tried again by rp.Head.
+		d, ok, herr := p.eagerHead(ctx, rp, ref)
+		if ok {
 			return d, nil, noop, nil
 		}
+		err = herr
 	}
-	desc, err := rp.Head(ctx, ref)
 	if err == nil {
-		d, err := toDigest(desc.Digest)
-		return d, nil, noop, err
+		var desc *v1.Descriptor
+		if desc, err = rp.Head(ctx, ref); err == nil {
+			d, err := toDigest(desc.Digest)
+			return d, nil, noop, err
+		}
 	}
-	if !unreachable(err) {
+	if !unreachable(ctx, err) {
 		return "", nil, noop, fmt.Errorf("resolving %s: %w", ref, err)
 	}
 	if cerr != nil {
@@ -313,8 +322,13 @@ var errTooLarge = fmt.Errorf("larger than %d bytes", maxManifestSize)
 // 502, 503 or 504 (after ggcr's retries) counts as unreachable: it is what
 // an HTTP proxy, mirror or load balancer in front of a registry that is
 // down answers instead of a refused connection.
-func unreachable(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+//
+// A timeout is unreachable too (a dial to a host that is down or behind a
+// VPN that is off times out, and its error matches
+// context.DeadlineExceeded): only the caller's own ctx being done means
+// the pull was called off.
+func unreachable(ctx context.Context, err error) bool {
+	if ctx.Err() != nil || errors.Is(err, context.Canceled) ||
 		errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrInvalidDigest) || errors.Is(err, errTooLarge) {
 		return false
 	}

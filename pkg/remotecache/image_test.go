@@ -1177,8 +1177,8 @@ func TestImage_NewTagFetchedOnce(t *testing.T) {
 	}
 }
 
-// A pull of a new tag waits for whoever fetches it only so long (a Warm
-// keeps the tag's lock until its last layer is in), then asks with a HEAD.
+// A pull of a new tag waits for whoever fetches it only so long (the
+// holder might be stuck), then asks with a HEAD.
 func TestImage_NewTagWaitIsBounded(t *testing.T) {
 	defer remotecache.SetTagWaitMax(300 * time.Millisecond)()
 	reg := newTestRegistry(t)

@@ -74,15 +74,9 @@ func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Optio
 	if err != nil {
 		return rep, err
 	}
-	// A tag the cache had not recorded is recorded at once, as Image
-	// does, and its lock released: other pulls of the tag then ask with
-	// a HEAD and find the manifest stored, instead of waiting for this
-	// Warm's blobs. A tag that moved is recorded below, once the new
-	// image is in: until then it resolves offline to the old, whole one.
-	if _, err := s.Resolve(ctx, ref.Name()); errors.Is(err, store.ErrNotFound) {
-		p.recordRef(ctx, ref, desc)
-	}
-	release()
+	defer release() // on an error; at once below otherwise
+	_, rerr := s.Resolve(ctx, ref.Name())
+	newTag := errors.Is(rerr, store.ErrNotFound)
 	rep.Digest = desc.Digest.String()
 	rep.MediaType = string(desc.MediaType)
 	rep.Offline = p.offline
@@ -123,6 +117,16 @@ func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Optio
 		}
 		images = append(images, img)
 	}
+	// A tag the cache had not recorded is recorded now that its
+	// manifests are in, as Image does, and its lock released: other
+	// pulls of the tag then ask with a HEAD and find the manifests
+	// stored, instead of waiting for this Warm's blobs. A tag that moved
+	// is recorded at the end, once the new image is in: until then it
+	// resolves offline to the old, whole one.
+	if newTag {
+		p.recordRef(ctx, ref, desc)
+	}
+	release()
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.jobs)
@@ -157,8 +161,10 @@ func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Optio
 	}
 	// index.json is rewritten (durably, so with fsyncs) only when the ref
 	// is new or moved: warming a warm image stays a read-only operation.
+	// A new tag recorded above and moved since by another pull is left
+	// to that pull's newer digest.
 	d := digest.Digest(desc.Digest.String())
-	if cur, err := s.Resolve(ctx, ref.Name()); err != nil || cur.Digest != d {
+	if cur, err := s.Resolve(ctx, ref.Name()); err != nil || (cur.Digest != d && !newTag) {
 		err := s.Tag(ctx, ref.Name(), ocispec.Descriptor{MediaType: string(desc.MediaType), Digest: d, Size: desc.Size})
 		if err != nil {
 			return rep, fmt.Errorf("warm %s: recording the ref in index.json: %w", ref, err)

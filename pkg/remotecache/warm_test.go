@@ -2,6 +2,7 @@ package remotecache_test
 
 import (
 	"context"
+	"errors"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 	"net/http"
 	"strings"
@@ -407,5 +408,20 @@ func TestWarm_MovedTagRecordedOnSuccess(t *testing.T) {
 	}
 	if d, err := s.Resolve(t.Context(), old.ref.Name()); err != nil || d.Digest.String() != moved.digest.String() {
 		t.Errorf("after the Warm the tag resolves to %v (%v), want the new %s", d.Digest, err, moved.digest)
+	}
+}
+
+// A Warm of a new tag that fails before its manifests are in (here: the
+// index has no image for the platform) records nothing.
+func TestWarm_NewTagNotRecordedOnEarlyFailure(t *testing.T) {
+	reg := newTestRegistry(t)
+	fx, _ := reg.pushIndex(t, "test/multi:v1", 74)
+	s, _ := openStore(t)
+	_, err := remotecache.Warm(t.Context(), fx.ref, s, fast, remotecache.WithPlatform(v1.Platform{OS: "plan9", Architecture: "mips"}))
+	if err == nil {
+		t.Fatal("Warm of a platform the index lacks: no error")
+	}
+	if d, err := s.Resolve(t.Context(), fx.ref.Name()); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("after the failed Warm the tag resolves to %v (%v), want ErrNotFound", d.Digest, err)
 	}
 }
