@@ -44,6 +44,19 @@ func cacheOptions(t *testing.T, extra ...remotecache.Option) []remotecache.Optio
 	}, extra...)
 }
 
+// anonymousOptions are cacheOptions without WithRemote: the pull is then
+// anonymous, as the CLI's is without credentials, and asks for a tag's
+// manifest beside ggcr's handshake (remotecache/eager.go).
+func anonymousOptions(t *testing.T, extra ...remotecache.Option) []remotecache.Option {
+	tr := &http.Transport{Proxy: nil}
+	t.Cleanup(tr.CloseIdleConnections)
+	return append([]remotecache.Option{
+		remotecache.WithContext(t.Context()),
+		remotecache.WithTransport(tr),
+		remotecache.WithUserAgent("layercache-integration"),
+	}, extra...)
+}
+
 // openStore opens a store in a new temporary directory.
 func openStore(t *testing.T, opts ...store.Option) *store.Store {
 	t.Helper()

@@ -226,41 +226,51 @@ func TestWarm_Platforms(t *testing.T) {
 }
 
 // TestWarm_ImageThenPull warms a plain image, and a pull then downloads
-// nothing.
+// nothing: with registry options (ggcr's handshake first), and anonymous,
+// the way the CLI pulls (the manifest request beside the handshake).
 func TestWarm_ImageThenPull(t *testing.T) {
 	t.Parallel()
-	reg := regtest.Start(t)
-	p := regtest.NewProxy(t, reg.Addr)
-	fx := pushImage(t, reg, p, "warm/img:v1", 200<<10, 50<<10)
-	s := openStore(t)
+	for _, mode := range []string{"WithRemote", "anonymous"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			opts := cacheOptions
+			if mode == "anonymous" {
+				opts = anonymousOptions
+			}
+			reg := regtest.Start(t)
+			p := regtest.NewProxy(t, reg.Addr)
+			fx := pushImage(t, reg, p, "warm/img:v1", 200<<10, 50<<10)
+			s := openStore(t)
 
-	rep, err := remotecache.Warm(t.Context(), fx.tag, s, cacheOptions(t)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := int64(len(fx.want.layers))
-	assertStats(t, "warm", p.Stats(), regtest.Stats{BlobGets: n + 1, BlobBytes: fx.blobBytes, ManifestGets: 1, BlobUploads: 0, Mounts: 0})
-	if rep.Fetched.Blobs != int(n)+2 || rep.Cached.Blobs != 0 || rep.Offline {
-		t.Errorf("report %+v: want %d blobs fetched, none cached, online", rep, n+2)
-	}
+			rep, err := remotecache.Warm(t.Context(), fx.tag, s, opts(t)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := int64(len(fx.want.layers))
+			assertStats(t, "warm", p.Stats(), regtest.Stats{BlobGets: n + 1, BlobBytes: fx.blobBytes, ManifestGets: 1, BlobUploads: 0, Mounts: 0})
+			if rep.Fetched.Blobs != int(n)+2 || rep.Cached.Blobs != 0 || rep.Offline {
+				t.Errorf("report %+v: want %d blobs fetched, none cached, online", rep, n+2)
+			}
 
-	p.Reset()
-	img, err := remotecache.Image(fx.tag, s, cacheOptions(t)...)
-	if err != nil {
-		t.Fatal(err)
+			p.Reset()
+			img, err := remotecache.Image(fx.tag, s, opts(t)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			assertPulled(t, "pull after warm", readImage(t, img), fx.want)
+			if err := validate.Image(img); err != nil {
+				t.Errorf("validate.Image: %v", err)
+			}
+			assertStats(t, "pull after warm", p.Stats(), regtest.Stats{BlobGets: 0, BlobBytes: 0, ManifestGets: 0, BlobUploads: 0, Mounts: 0})
+			st, err := s.Stats(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Warm fetched manifest, config and layers; the pull hit all of them.
+			if st.Misses != n+2 || st.Hits < n+2 {
+				t.Errorf("store stats %+v: want %d misses and at least %d hits", st, n+2, n+2)
+			}
+			assertStoreSound(t, s)
+		})
 	}
-	assertPulled(t, "pull after warm", readImage(t, img), fx.want)
-	if err := validate.Image(img); err != nil {
-		t.Errorf("validate.Image: %v", err)
-	}
-	assertStats(t, "pull after warm", p.Stats(), regtest.Stats{BlobGets: 0, BlobBytes: 0, ManifestGets: 0, BlobUploads: 0, Mounts: 0})
-	st, err := s.Stats(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Warm fetched manifest, config and layers; the pull hit all of them.
-	if st.Misses != n+2 || st.Hits < n+2 {
-		t.Errorf("store stats %+v: want %d misses and at least %d hits", st, n+2, n+2)
-	}
-	assertStoreSound(t, s)
 }

@@ -228,6 +228,7 @@ func (p *puller) eagerRequest(c *eagerCall, ref name.Reference, method string) (
 		return nil, false
 	}
 	close(c.answered)
+	p.o.logger.Debug(method+" of the tag's manifest sent beside the handshake", "ref", ref.Name(), "status", resp.StatusCode)
 	why, args := "", []any(nil)
 	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); resp.StatusCode != http.StatusOK {
 		why, args = "answered "+resp.Status, []any{"status", resp.StatusCode}
