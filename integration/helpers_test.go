@@ -31,17 +31,12 @@ import (
 // faults which survive its three tries fail fast.
 var fastBackoff = remote.Backoff{Duration: 10 * time.Millisecond, Factor: 1, Steps: 3}
 
-// cacheOptions are the remotecache options of a pull through the proxy: the
-// test's context, a transport of the test's own (plain HTTP, no proxy from
-// the environment) and short retries. extra come last, so they win.
+// cacheOptions are the remotecache options of a pull through the proxy:
+// anonymousOptions (the test's context, a transport of the test's own) and
+// short retries, which as a WithRemote option make ggcr's handshake come
+// first. extra come last, so they win.
 func cacheOptions(t *testing.T, extra ...remotecache.Option) []remotecache.Option {
-	tr := &http.Transport{Proxy: nil}
-	t.Cleanup(tr.CloseIdleConnections)
-	return append([]remotecache.Option{
-		remotecache.WithContext(t.Context()),
-		remotecache.WithTransport(tr),
-		remotecache.WithRemote(remote.WithRetryBackoff(fastBackoff)),
-	}, extra...)
+	return anonymousOptions(t, append([]remotecache.Option{remotecache.WithRemote(remote.WithRetryBackoff(fastBackoff))}, extra...)...)
 }
 
 // anonymousOptions are cacheOptions without WithRemote: the pull is then
