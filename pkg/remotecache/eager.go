@@ -114,22 +114,21 @@ func eagerScheme(reg name.Registry) (string, bool) {
 // too large, or a handshake that failed as well.
 func (p *puller) eagerGet(ctx context.Context, rp *remote.Puller, ref name.Reference) (raw []byte, claimed string, ok bool, err error) {
 	c := p.eagerStart(ctx, rp, ref)
-	resp, ok := p.eagerRequest(c, ref, http.MethodGet)
-	if !ok {
-		return nil, "", false, c.finish()
-	}
-	defer c.finish()
-	defer resp.Body.Close()
-	raw, err = io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
-	switch {
-	case err != nil:
+	if resp, answered := p.eagerRequest(c, ref, http.MethodGet); answered {
+		raw, err = io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+		resp.Body.Close()
+		switch {
+		case err == nil && len(raw) <= maxManifestSize:
+			c.finish()
+			return raw, resp.Header.Get("Docker-Content-Digest"), true, nil
+		case err == nil:
+			// ggcr would fetch it again only for getByTag to refuse it.
+			c.finish()
+			return nil, "", false, fmt.Errorf("manifest of %s: %w", ref, errTooLarge)
+		}
 		p.eagerFailed(ref, http.MethodGet, "body cut", "err", err)
-		return nil, "", false, nil
-	case len(raw) > maxManifestSize:
-		// ggcr would fetch it again only for getByTag to refuse it.
-		return nil, "", false, fmt.Errorf("manifest of %s: %w", ref, errTooLarge)
 	}
-	return raw, resp.Header.Get("Docker-Content-Digest"), true, nil
+	return nil, "", false, c.finish()
 }
 
 // eagerHead is eagerGet for the HEAD that asks whether a recorded tag

@@ -282,6 +282,16 @@ func TestImage_EarlyRequestFallsBack(t *testing.T) {
 			}
 			return true
 		}},
+		{name: "body cut", answer: func(w http.ResponseWriter, req *http.Request) bool {
+			w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+			w.Header().Set("Content-Length", "1000")
+			fmt.Fprint(w, `{"schemaVersion":2,`)
+			w.(http.Flusher).Flush()
+			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				conn.Close()
+			}
+			return true
+		}},
 		{name: "HEAD without a digest", head: true, answer: func(w http.ResponseWriter, req *http.Request) bool {
 			w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
 			return true
