@@ -6,10 +6,17 @@ STATICCHECK := $(GOBIN)/staticcheck
 # FUZZN scales the number of inputs each fuzz target runs (see fuzz).
 FUZZN       ?= 1
 
-.PHONY: test lint unit fuzz integration torture demo bench bench-quick tools
+.PHONY: test deps lint unit fuzz integration torture demo bench bench-quick tools
 
-## test: lint, race tests of every module, short fuzzing. What CI runs.
-test: lint unit fuzz integration
+## test: installs what the tests need, then lint, race tests of every
+## module, short fuzzing and the end-to-end tests. What CI runs.
+test: deps
+	$(MAKE) lint unit fuzz integration
+
+## deps: skopeo, the Go modules and the test registry's build
+## (.ci/install-deps.sh). Idempotent: a few seconds when all is there.
+deps:
+	bash .ci/install-deps.sh
 
 tools: $(STATICCHECK)
 

@@ -19,6 +19,9 @@ func TestDemoGoRun(t *testing.T) {
 	}
 	gobin, err := exec.LookPath("go")
 	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("no go command to run the demo with, and CI=true: %v", err)
+		}
 		t.Skipf("no go command to run the demo with: %v", err)
 	}
 	t.Parallel()
@@ -52,6 +55,14 @@ func TestDemoGoRun(t *testing.T) {
 	}
 	if got.Warm.CachedBytes != got.Bytes {
 		t.Errorf("warm run read %d bytes from the cache, want the image's %d", got.Warm.CachedBytes, got.Bytes)
+	}
+	for _, r := range []struct {
+		label string
+		run   demoRun
+	}{{"cold", got.Cold}, {"warm", got.Warm}} {
+		if sum := r.run.FetchedBytes + r.run.CachedBytes; sum != got.Bytes {
+			t.Errorf("%s run: fetched %d + cached %d = %d bytes, want the image's %d", r.label, r.run.FetchedBytes, r.run.CachedBytes, sum, got.Bytes)
+		}
 	}
 	if got.Kept {
 		t.Errorf("kept = true without --keep")
