@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
@@ -22,6 +23,7 @@ type verifyJSON struct {
 	Corrupted []corruptJSON `json:"corrupted"` // blobs that failed
 	Repaired  bool          `json:"repaired"`  // failed blobs were removed
 	Refs      []string      `json:"droppedRefs"`
+	Dangling  []string      `json:"danglingRefs"` // refs whose manifest is missing or corrupted
 }
 
 type corruptJSON struct {
@@ -38,10 +40,11 @@ func newVerifyCmd(g *globals) *cobra.Command {
 		Use:   "verify",
 		Short: "Re-hash every cached blob and report corrupted ones",
 		Long: `Re-hash every blob in the cache, several at once, and report those whose bytes
-no longer match their digest. Without --repair, corrupted blobs are left in
-place and the exit status is 1 if any were found. With --repair they are
-removed (the next warm or pull fetches them again), refs whose manifest went
-with them are dropped, and the exit status is 0.`,
+no longer match their digest, and every ref of index.json whose manifest is
+missing or corrupted (a dangling ref). Without --repair, both are left in place
+and the exit status is 1 if any were found. With --repair, corrupted blobs are
+removed (the next warm or pull fetches them again), refs whose manifest is gone
+are dropped, and the exit status is 0.`,
 		Example: `  # In CI, after restoring the cache
   layercache verify --repair`,
 		Args: noArgs,
@@ -71,7 +74,7 @@ with them are dropped, and the exit status is 0.`,
 					mpb.PrependDecorators(decor.Name("verify"), decor.CountersNoUnit(" %d/%d blobs", decor.WCSyncSpace)),
 					mpb.AppendDecorators(decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")))
 			}
-			out := verifyJSON{Corrupted: []corruptJSON{}, Refs: []string{}}
+			out := verifyJSON{Corrupted: []corruptJSON{}, Refs: []string{}, Dangling: []string{}}
 			var mu sync.Mutex
 			var done atomic.Int64
 			eg, ectx := errgroup.WithContext(ctx)
@@ -105,7 +108,10 @@ with them are dropped, and the exit status is 0.`,
 				return err
 			}
 			out.Blobs, out.Bytes = len(blobs), total
-			if repair && len(out.Corrupted) > 0 {
+			if out.Dangling, err = danglingRefs(cmd, s, out.Corrupted); err != nil {
+				return err
+			}
+			if repair && (len(out.Corrupted) > 0 || len(out.Dangling) > 0) {
 				for _, c := range out.Corrupted {
 					if err := s.Delete(ctx, digestOf(c.Digest)); err != nil && !errors.Is(err, store.ErrNotFound) {
 						return err
@@ -126,10 +132,17 @@ with them are dropped, and the exit status is 0.`,
 				for _, c := range out.Corrupted {
 					fmt.Fprintf(g.stdout, "corrupted: %s\n", c.Error)
 				}
+				if !repair {
+					for _, r := range out.Dangling {
+						fmt.Fprintf(g.stdout, "dangling ref: %s\n", r)
+					}
+				}
 				for _, r := range out.Refs {
 					fmt.Fprintf(g.stdout, "dropped ref: %s\n", r)
 				}
 				switch {
+				case len(out.Corrupted) == 0 && len(out.Dangling) > 0 && !repair:
+					fmt.Fprintf(g.stdout, "verified %d blobs (%s): all good, but %d refs name a missing manifest; run `layercache verify --repair` to drop them\n", out.Blobs, humanBytes(out.Bytes), len(out.Dangling))
 				case len(out.Corrupted) == 0:
 					fmt.Fprintf(g.stdout, "verified %d blobs (%s): all good\n", out.Blobs, humanBytes(out.Bytes))
 				case repair:
@@ -138,7 +151,7 @@ with them are dropped, and the exit status is 0.`,
 					fmt.Fprintf(g.stdout, "verified %d blobs (%s): %d corrupted; run `layercache verify --repair` to remove them\n", out.Blobs, humanBytes(out.Bytes), len(out.Corrupted))
 				}
 			}
-			if len(out.Corrupted) > 0 && !repair {
+			if (len(out.Corrupted) > 0 || len(out.Dangling) > 0) && !repair {
 				return exitError{exitFail}
 			}
 			return nil
@@ -147,4 +160,28 @@ with them are dropped, and the exit status is 0.`,
 	cmd.Flags().BoolVar(&repair, "repair", false, "remove corrupted blobs (and refs whose manifest they were)")
 	cmd.Flags().IntVarP(&jobs, "jobs", "j", runtime.GOMAXPROCS(0), "blobs to hash at once")
 	return cmd
+}
+
+// danglingRefs lists the refs of index.json whose manifest is not in the
+// store, or is among the corrupted blobs just found.
+func danglingRefs(cmd *cobra.Command, s *store.Store, corrupted []corruptJSON) ([]string, error) {
+	refs, err := s.Refs(cmd.Context())
+	if err != nil {
+		return nil, err
+	}
+	bad := map[string]bool{}
+	for _, c := range corrupted {
+		bad[c.Digest] = true
+	}
+	out := []string{}
+	for _, r := range refs {
+		_, err := s.Stat(cmd.Context(), r.Digest)
+		switch {
+		case errors.Is(err, store.ErrNotFound) || (err == nil && bad[r.Digest.String()]):
+			out = append(out, r.Annotations[ocispec.AnnotationRefName])
+		case err != nil:
+			return nil, err
+		}
+	}
+	return out, nil
 }

@@ -29,6 +29,7 @@ func newWarmCmd(g *globals) *cobra.Command {
 		jobs         int
 		insecure     bool
 		offline      bool
+		resolve      string
 	)
 	cmd := &cobra.Command{
 		Use:   "warm IMAGE...",
@@ -40,12 +41,24 @@ Each image is recorded in the cache's index.json under its reference, so later
 pulls can resolve the tag offline; a tag that moved is recorded only once its
 new image is whole.
 
+--resolve says when a tag may come from the cache's index.json instead of the
+registry: "fallback" (the default) asks the registry and uses the recorded tag
+when it cannot be reached (refused, reset or timed-out connections, DNS
+failures, a gateway's 502/503/504); "remote" always asks and fails when it
+cannot; "offline" never asks and fetches nothing (as --offline). Blobs are
+verified on every read whatever the policy, but a tag is only as trustworthy
+as the index.json it comes from: with "fallback", a cache restored from CI
+storage is trusted for its tags.
+
 Credentials come from the Docker config, as with crane and docker.`,
 		Example: `  # Warm a base image before a build
   layercache warm cgr.dev/chainguard/static:latest
 
   # Every platform of a multi-platform image
   layercache warm --all-platforms golang:1.26
+
+  # Never use a tag recorded in the cache (for example a restored CI cache)
+  layercache warm --resolve remote cgr.dev/chainguard/static:latest
 
   # One platform, from a local registry over plain HTTP
   layercache warm --platform linux/arm64 --insecure registry.local:5000/base:1`,
@@ -61,6 +74,16 @@ Credentials come from the Docker config, as with crane and docker.`,
 			}
 			if jobs < 1 {
 				return usagef("--jobs must be at least 1, got %d", jobs)
+			}
+			policy, err := remotecache.ParseResolvePolicy(resolve)
+			if err != nil {
+				return usagef("--resolve: %w", err)
+			}
+			if offline {
+				if cmd.Flags().Changed("resolve") && policy != remotecache.ResolveOffline {
+					return usagef("--offline and --resolve %s cannot be used together", policy)
+				}
+				policy = remotecache.ResolveOffline
 			}
 			var nameOpts []name.Option
 			if insecure {
@@ -90,9 +113,7 @@ Credentials come from the Docker config, as with crane and docker.`,
 			if allPlatforms {
 				opts = append(opts, remotecache.WithAllPlatforms())
 			}
-			if offline {
-				opts = append(opts, remotecache.WithOffline())
-			}
+			opts = append(opts, remotecache.WithResolve(policy))
 			s, err := g.openStore()
 			if err != nil {
 				return err
@@ -138,7 +159,8 @@ Credentials come from the Docker config, as with crane and docker.`,
 	f.BoolVar(&allPlatforms, "all-platforms", false, "warm every platform of an image index")
 	f.IntVarP(&jobs, "jobs", "j", remotecache.DefaultJobs, "blobs to fetch or verify at once")
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the registry")
-	f.BoolVar(&offline, "offline", false, "use only the cache: resolve tags from index.json, fetch nothing")
+	f.BoolVar(&offline, "offline", false, "use only the cache: resolve tags from index.json, fetch nothing (--resolve offline)")
+	f.StringVar(&resolve, "resolve", remotecache.ResolveFallback.String(), "when a tag may come from the cache's index.json: remote, fallback or offline")
 	return cmd
 }
 

@@ -442,9 +442,10 @@ func (failingKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
 }
 
 // A keychain that fails sends nothing to the registry. As with a failing
-// keychain in WithRemote, a tag the cache never recorded fails with the
-// keychain's error, and one it recorded resolves offline (a credential
-// helper that needs the network fails on a laptop that has none).
+// keychain in WithRemote, the pull fails with the keychain's error, for a
+// tag the cache recorded too: a failing credential helper is not a
+// registry that cannot be reached. ResolveOffline is how a recorded tag
+// is used without asking.
 func TestImage_KeychainError(t *testing.T) {
 	reg := newTestRegistry(t)
 	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 43, 1, 1024))
@@ -462,9 +463,13 @@ func TestImage_KeychainError(t *testing.T) {
 		t.Fatal(err)
 	}
 	fx.assertImage(t, img, fx.img) // reads and caches every blob
-	img, err = remotecache.Image(fx.ref, s, remotecache.WithKeychain(failingKeychain{}))
+	_, err = remotecache.Image(fx.ref, s, remotecache.WithKeychain(failingKeychain{}))
+	if err == nil || !strings.Contains(err.Error(), "credential helper crashed") || errors.Is(err, remotecache.ErrOffline) {
+		t.Fatalf("Image of a recorded tag with a failing keychain: %v, want the keychain's error", err)
+	}
+	img, err = remotecache.Image(fx.ref, s, remotecache.WithKeychain(failingKeychain{}), remotecache.WithResolve(remotecache.ResolveOffline))
 	if err != nil {
-		t.Fatalf("Image of a recorded tag with a failing keychain: %v", err)
+		t.Fatalf("Image of a recorded tag, offline, with a failing keychain: %v", err)
 	}
 	fx.assertImage(t, img, fx.img)
 }

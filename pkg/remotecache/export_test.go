@@ -1,6 +1,7 @@
 package remotecache
 
 import (
+	"io"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -16,3 +17,6 @@ func SetTagWaitMax(d time.Duration) (restore func()) {
 	tagWaitMax = d
 	return func() { tagWaitMax = old }
 }
+
+// Decompress is decompress, for tests of the decoders' bounds.
+func Decompress(rc io.ReadCloser) (io.ReadCloser, error) { return decompress(rc) }

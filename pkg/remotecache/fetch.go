@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -61,8 +63,8 @@ func (p *puller) remote(ctx context.Context) (*remote.Puller, error) {
 			// to know whether the pull is anonymous, and handed to ggcr
 			// resolved, so that credential helpers run once. A keychain
 			// that fails is left to ggcr, which fails the same way when
-			// it makes its first request: as before WithKeychain, a tag
-			// cached already then resolves offline.
+			// it makes its first request: the pull's error is then the
+			// keychain's, as through WithRemote.
 			if p.anonymous {
 				auth, err := authn.Resolve(ctx, kc, p.repo)
 				if err == nil {
@@ -179,7 +181,7 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 				switch {
 				case err == nil:
 					return d, raw, unlock, nil
-				case unreachable(ctx, err):
+				case unreachable(ctx, err) && p.o.resolve == ResolveFallback:
 					unlock()
 					return "", nil, noop, neverWarmed(ref, err)
 				default:
@@ -206,7 +208,7 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 			return d, nil, noop, err
 		}
 	}
-	if !unreachable(ctx, err) {
+	if !unreachable(ctx, err) || p.o.resolve == ResolveRemote {
 		return "", nil, noop, fmt.Errorf("resolving %s: %w", ref, err)
 	}
 	if cerr != nil {
@@ -317,27 +319,52 @@ func checkClaimed(ref name.Reference, raw []byte, claimed, mt string) error {
 var errTooLarge = fmt.Errorf("larger than %d bytes", maxManifestSize)
 
 // unreachable reports whether err means the registry could not be
-// reached at all, as opposed to an answer such as 404 or 401, or bytes
-// that are not what they should be. A gateway's
-// 502, 503 or 504 (after ggcr's retries) counts as unreachable: it is what
-// an HTTP proxy, mirror or load balancer in front of a registry that is
-// down answers instead of a refused connection.
+// reached at all, so that a recorded tag may be resolved from the cache
+// (ResolveFallback). It names what counts, and everything else (any
+// answer: a 404, a 401, a page that is no manifest, a HEAD without a
+// digest; bytes that are not what they should be; a malformed address)
+// is an error that names the registry:
 //
-// A timeout is unreachable too (a dial to a host that is down or behind a
-// VPN that is off times out, and its error matches
-// context.DeadlineExceeded): only the caller's own ctx being done means
-// the pull was called off.
+//   - a connection refused, reset or timed out, or a network that cannot
+//     be reached (net.OpError), or a failed DNS lookup (net.DNSError);
+//   - a connection closed before the answer was whole (io.EOF,
+//     io.ErrUnexpectedEOF);
+//   - a timeout: a dial to a host that is down, or behind a VPN that is
+//     off, times out with an error matching context.DeadlineExceeded, so
+//     only the caller's own ctx being done means the pull was called off;
+//   - a gateway's 502, 503 or 504 (after ggcr's retries): what an HTTP
+//     proxy, mirror or load balancer in front of a registry that is down
+//     answers instead of a refused connection.
+//
+// An address that cannot be dialled at all (net.AddrError: a port out of
+// range) is a mistake in the reference, not an outage.
 func unreachable(ctx context.Context, err error) bool {
-	if ctx.Err() != nil || errors.Is(err, context.Canceled) ||
-		errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrInvalidDigest) || errors.Is(err, errTooLarge) {
+	if err == nil || ctx.Err() != nil || errors.Is(err, context.Canceled) {
 		return false
 	}
 	var terr *transport.Error
-	if !errors.As(err, &terr) {
-		return true
+	if errors.As(err, &terr) {
+		switch terr.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return true
+		}
+		return false
 	}
-	switch terr.StatusCode {
-	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+	var addrErr *net.AddrError
+	if errors.As(err, &addrErr) {
+		return false
+	}
+	var opErr *net.OpError
+	var dnsErr *net.DNSError
+	var netErr net.Error
+	switch {
+	case errors.As(err, &opErr), errors.As(err, &dnsErr):
+		return true
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return true
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return true
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		return true
 	}
 	return false
@@ -364,7 +391,7 @@ func (p *puller) manifest(ctx context.Context, d digest.Digest) ([]byte, error) 
 func (p *puller) config(ctx context.Context, d digest.Digest) ([]byte, error) {
 	return p.smallBlob(ctx, d, func() ([]byte, error) {
 		// smallBlob checks the digest of what this returns.
-		rc, _, err := p.fetchBlob(ctx, d)
+		rc, _, err := p.fetchBlob(ctx, d, -1)
 		if err != nil {
 			return nil, err
 		}
@@ -479,7 +506,7 @@ func (p *puller) openLayer(ctx context.Context, d digest.Digest, size int64) (io
 		unlock()
 		return rc, true, nil
 	}
-	src, raw, err := p.fetchBlob(ctx, d)
+	src, raw, err := p.fetchBlob(ctx, d, size)
 	if err != nil {
 		unlock()
 		return nil, false, err
@@ -514,8 +541,10 @@ func (p *puller) openCached(ctx context.Context, d digest.Digest) (io.ReadCloser
 // fetchBlob opens d from the registry through ggcr, with its
 // authentication, retries and redirect handling. raw reports that the body
 // came through the hand-off (see handoff.go) and is not verified yet: the
-// caller must hash it. Otherwise it is ggcr's verifying reader.
-func (p *puller) fetchBlob(ctx context.Context, d digest.Digest) (rc io.ReadCloser, raw bool, err error) {
+// caller must hash it. Otherwise it is ggcr's verifying reader. A raw
+// body whose Content-Length is not size (when both are known, size >= 0)
+// is refused before its first byte, as ggcr refuses one.
+func (p *puller) fetchBlob(ctx context.Context, d digest.Digest, size int64) (rc io.ReadCloser, raw bool, err error) {
 	rp, err := p.remote(ctx)
 	if err != nil {
 		return nil, false, err
@@ -528,6 +557,11 @@ func (p *puller) fetchBlob(ctx context.Context, d digest.Digest) (rc io.ReadClos
 	if resp := h.take(); resp != nil {
 		if rc != nil {
 			rc.Close()
+		}
+		if size >= 0 && resp.ContentLength >= 0 && resp.ContentLength != size {
+			resp.Body.Close()
+			return nil, false, fmt.Errorf("fetching %s: %w: the registry sends %d bytes, the descriptor says %d",
+				p.repo.Digest(d.String()), store.ErrDigestMismatch, resp.ContentLength, size)
 		}
 		p.o.logger.Debug("fetching blob, hashed once by the cache", "digest", d, "size", resp.ContentLength)
 		return resp.Body, true, nil

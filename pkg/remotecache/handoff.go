@@ -3,6 +3,8 @@ package remotecache
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -64,8 +66,17 @@ func (t *handoffTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	if err != nil || resp.StatusCode != http.StatusOK || req.Method != http.MethodGet {
 		return resp, err
 	}
-	if c, _ := req.Context().Value(claimKey{}).(*claim); c != nil && strings.Contains(req.URL.Path, "/manifests/") {
-		c.set(resp.Header.Get("Docker-Content-Digest"), resp.Header.Get("Content-Type"))
+	if strings.Contains(req.URL.Path, "/manifests/") {
+		// ggcr reads manifests whole, up to 100 MiB: the cache's limit
+		// is held here, before ggcr allocates for a larger one.
+		if resp.ContentLength > maxManifestSize {
+			resp.Body.Close()
+			return nil, fmt.Errorf("manifest at %s: %d bytes: %w", req.URL.Redacted(), resp.ContentLength, errTooLarge)
+		}
+		resp.Body = &capReader{rc: resp.Body, left: maxManifestSize, what: req.URL.Redacted()}
+		if c, _ := req.Context().Value(claimKey{}).(*claim); c != nil {
+			c.set(resp.Header.Get("Docker-Content-Digest"), resp.Header.Get("Content-Type"))
+		}
 		return resp, nil
 	}
 	h, _ := req.Context().Value(handoffKey{}).(*handoff)
@@ -81,6 +92,27 @@ func (t *handoffTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	h.mu.Unlock()
 	return nil, errHandedOff
 }
+
+// capReader fails once more than left bytes were read from rc.
+type capReader struct {
+	rc   io.ReadCloser
+	left int64
+	what string
+}
+
+func (c *capReader) Read(b []byte) (int, error) {
+	if int64(len(b)) > c.left+1 {
+		b = b[:c.left+1]
+	}
+	n, err := c.rc.Read(b)
+	if int64(n) > c.left {
+		return 0, fmt.Errorf("manifest at %s: %w", c.what, errTooLarge)
+	}
+	c.left -= int64(n)
+	return n, err
+}
+
+func (c *capReader) Close() error { return c.rc.Close() }
 
 // isBlobGet reports whether req fetches blob d: the registry's blob URL,
 // or a redirect that started there (blob storage).

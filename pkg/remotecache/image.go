@@ -3,6 +3,7 @@ package remotecache
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -42,12 +43,24 @@ func Image(ref name.Reference, s *store.Store, opts ...Option) (v1.Image, error)
 	if err != nil {
 		return nil, err
 	}
+	// The tag is recorded only once what it names parses: a tag that
+	// names no usable manifest must not resolve offline later.
+	var img *image
+	if desc.MediaType.IsIndex() {
+		_, err = newIndex(p, ref, desc, raw)
+	} else {
+		img, err = newImage(p, ref, desc, raw)
+	}
+	if err != nil {
+		release()
+		return nil, err
+	}
 	p.recordRef(o.ctx, ref, desc)
 	release()
-	if desc.MediaType.IsIndex() {
+	if img == nil {
 		return p.platformImage(o.ctx, ref, desc, raw)
 	}
-	return newImage(p, ref, desc, raw)
+	return img, nil
 }
 
 // recordRef notes in index.json what a tag resolved to online, so that a
@@ -71,40 +84,119 @@ func (p *puller) recordRef(ctx context.Context, ref name.Reference, desc v1.Desc
 	}
 }
 
-// platformImage picks the image of the wanted platform from an index.
+// maxIndexDepth bounds how deep platformImage follows indexes nested in
+// indexes, so that a hostile registry cannot send a pull round in a loop.
+const maxIndexDepth = 4
+
+// platformImage picks the image of the wanted platform from an index,
+// following nested indexes (an index of indexes) as ggcr's remote.Image
+// does.
 func (p *puller) platformImage(ctx context.Context, ref name.Reference, desc v1.Descriptor, raw []byte) (v1.Image, error) {
-	im, err := v1.ParseIndexManifest(bytes.NewReader(raw))
-	if err != nil {
-		return nil, fmt.Errorf("%s: parsing index %s: %w", ref, desc.Digest, err)
-	}
 	want := defaultPlatform
 	if p.o.platform != nil {
 		want = *p.o.platform
 	}
-	for _, child := range im.Manifests {
-		if !child.MediaType.IsImage() {
-			continue
-		}
+	img, err := p.findPlatform(ctx, ref, desc, raw, want, 0)
+	if err != nil {
+		return nil, err
+	}
+	if img == nil {
+		return nil, fmt.Errorf("%s: no image for platform %s in index %s", ref, want.String(), desc.Digest)
+	}
+	return img, nil
+}
+
+// findPlatform returns the first image of index raw (or of an index it
+// nests) that satisfies want, or nil if there is none.
+func (p *puller) findPlatform(ctx context.Context, ref name.Reference, desc v1.Descriptor, raw []byte, want v1.Platform, depth int) (v1.Image, error) {
+	x, err := newIndex(p, ref, desc, raw)
+	if err != nil {
+		return nil, err
+	}
+	for _, child := range x.im.Manifests {
 		if child.Platform == nil && p.o.platform != nil {
 			continue
 		}
 		if child.Platform != nil && !child.Platform.Satisfies(want) {
 			continue
 		}
-		return p.childImage(ctx, ref, child)
+		switch {
+		case child.MediaType.IsImage():
+			return p.childImage(ctx, ref, child)
+		case child.MediaType.IsIndex():
+			if depth+1 >= maxIndexDepth {
+				return nil, fmt.Errorf("%s: indexes nested more than %d deep at %s", ref, maxIndexDepth, child.Digest)
+			}
+			craw, err := p.childManifest(ctx, ref, child)
+			if err != nil {
+				return nil, err
+			}
+			img, err := p.findPlatform(ctx, ref, child, craw, want, depth+1)
+			if img != nil || err != nil {
+				return img, err
+			}
+		}
 	}
-	return nil, fmt.Errorf("%s: no image for platform %s in index %s", ref, want.String(), desc.Digest)
+	return nil, nil
 }
 
-// childImage returns the image a descriptor of an index points at.
-func (p *puller) childImage(ctx context.Context, ref name.Reference, child v1.Descriptor) (v1.Image, error) {
+// indexImages returns every image of index raw and of the indexes it
+// nests, for Warm's WithAllPlatforms.
+func (p *puller) indexImages(ctx context.Context, ref name.Reference, desc v1.Descriptor, raw []byte, depth int) ([]*image, error) {
+	x, err := newIndex(p, ref, desc, raw)
+	if err != nil {
+		return nil, err
+	}
+	var out []*image
+	for _, child := range x.im.Manifests {
+		switch {
+		case child.MediaType.IsImage():
+			img, err := p.childImage(ctx, ref, child)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, img.(*image))
+		case child.MediaType.IsIndex():
+			if depth+1 >= maxIndexDepth {
+				return nil, fmt.Errorf("%s: indexes nested more than %d deep at %s", ref, maxIndexDepth, child.Digest)
+			}
+			craw, err := p.childManifest(ctx, ref, child)
+			if err != nil {
+				return nil, err
+			}
+			imgs, err := p.indexImages(ctx, ref, child, craw, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, imgs...)
+		}
+	}
+	return out, nil
+}
+
+// childManifest returns the manifest or index a descriptor of an index
+// points at. A descriptor that says the manifest is larger than any
+// manifest the cache reads is refused before anything is fetched.
+func (p *puller) childManifest(ctx context.Context, ref name.Reference, child v1.Descriptor) ([]byte, error) {
 	d, err := toDigest(child.Digest)
 	if err != nil {
 		return nil, err
 	}
+	if child.Size > maxManifestSize {
+		return nil, fmt.Errorf("%s: manifest %s: descriptor says %d bytes: %w", ref, d, child.Size, errTooLarge)
+	}
 	raw, err := p.manifest(ctx, d)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", ref, err)
+	}
+	return raw, nil
+}
+
+// childImage returns the image a descriptor of an index points at.
+func (p *puller) childImage(ctx context.Context, ref name.Reference, child v1.Descriptor) (v1.Image, error) {
+	raw, err := p.childManifest(ctx, ref, child)
+	if err != nil {
+		return nil, err
 	}
 	return newImage(p, ref, child, raw)
 }
@@ -131,6 +223,15 @@ var (
 
 func newImage(p *puller, ref name.Reference, desc v1.Descriptor, raw []byte) (*image, error) {
 	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err == nil {
+		err = checkManifest(m.SchemaVersion, desc.MediaType)
+	}
+	if err == nil && m.Config.Digest.Hex == "" {
+		err = errors.New("no config")
+	}
+	if err == nil {
+		err = checkSizes(append([]v1.Descriptor{m.Config}, m.Layers...))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: parsing manifest %s: %w", ref, desc.Digest, err)
 	}
@@ -141,6 +242,30 @@ func newImage(p *puller, ref name.Reference, desc v1.Descriptor, raw []byte) (*i
 		desc.MediaType = types.OCIManifestSchema1
 	}
 	return &image{p: p, ref: ref, desc: desc, raw: raw, manifest: m}, nil
+}
+
+// checkSizes refuses descriptors with a negative size: ggcr does, and a
+// size is what the bytes a registry sends are held to.
+func checkSizes(descs []v1.Descriptor) error {
+	for _, d := range descs {
+		if d.Size < 0 {
+			return fmt.Errorf("descriptor of %s has a negative size %d", d.Digest, d.Size)
+		}
+	}
+	return nil
+}
+
+// checkManifest refuses what parses as JSON but is no manifest of schema
+// 2 (OCI's and Docker's): a JSON null, an empty object, a Docker schema 1
+// manifest, which ggcr's remote.Image refuses too.
+func checkManifest(schemaVersion int64, mt types.MediaType) error {
+	switch {
+	case mt == types.DockerManifestSchema1 || mt == types.DockerManifestSchema1Signed || schemaVersion == 1:
+		return errors.New("docker schema 1 manifests are not supported")
+	case schemaVersion != 2:
+		return fmt.Errorf("schemaVersion %d, want 2", schemaVersion)
+	}
+	return nil
 }
 
 func (i *image) ctx() context.Context { return i.p.o.ctx }
@@ -174,6 +299,10 @@ func (i *image) RawConfigFile() ([]byte, error) {
 		d, err := toDigest(i.manifest.Config.Digest)
 		if err != nil {
 			i.cfgErr = err
+			return
+		}
+		if size := i.manifest.Config.Size; size > maxManifestSize {
+			i.cfgErr = fmt.Errorf("%s: config %s: descriptor says %d bytes: %w", i.ref, d, size, errTooLarge)
 			return
 		}
 		i.cfg, i.cfgErr = i.p.config(i.ctx(), d)

@@ -29,8 +29,12 @@ func Index(ref name.Reference, s *store.Store, opts ...Option) (v1.ImageIndex, e
 	if !desc.MediaType.IsIndex() {
 		return nil, fmt.Errorf("%s: %s is an image (%s), not an index", ref, desc.Digest, desc.MediaType)
 	}
+	x, err := newIndex(p, ref, desc, raw)
+	if err != nil {
+		return nil, err
+	}
 	p.recordRef(o.ctx, ref, desc)
-	return newIndex(p, ref, desc, raw)
+	return x, nil
 }
 
 // index is a v1.ImageIndex whose children come through the puller.
@@ -49,6 +53,12 @@ var (
 
 func newIndex(p *puller, ref name.Reference, desc v1.Descriptor, raw []byte) (*index, error) {
 	im, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+	if err == nil {
+		err = checkManifest(im.SchemaVersion, desc.MediaType)
+	}
+	if err == nil {
+		err = checkSizes(im.Manifests)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: parsing index %s: %w", ref, desc.Digest, err)
 	}
@@ -106,13 +116,9 @@ func (x *index) ImageIndex(h v1.Hash) (v1.ImageIndex, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := toDigest(c.Digest)
+	raw, err := x.p.childManifest(x.p.o.ctx, x.ref, c)
 	if err != nil {
 		return nil, err
-	}
-	raw, err := x.p.manifest(x.p.o.ctx, d)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", x.ref, err)
 	}
 	return newIndex(x.p, x.ref, c, raw)
 }

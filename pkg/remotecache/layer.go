@@ -153,6 +153,14 @@ func (l *layer) Uncompressed() (io.ReadCloser, error) {
 	return u, nil
 }
 
+// maxZstdWindow bounds the window a zstd layer may ask its decoder for.
+// The window is allocated as soon as a frame's header is read, so without
+// a bound a 13-byte frame declaring 512 MiB costs 512 MiB (klauspost's
+// default limit). zstd's own levels use at most 8 MiB, and --long or
+// --ultra at most 128 MiB, which is still allowed; past that a layer is
+// refused with the decoder's error.
+const maxZstdWindow = 128 << 20
+
 // Magic bytes of the compressions a layer may use.
 var (
 	gzipMagic = []byte{0x1f, 0x8b}
@@ -179,7 +187,7 @@ func decompress(rc io.ReadCloser) (io.ReadCloser, error) {
 		}
 		return &stackedReader{Reader: zr, closers: []func() error{zr.Close, rc.Close}}, nil
 	case bytes.HasPrefix(head, zstdMagic):
-		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1))
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxZstdWindow))
 		if err != nil {
 			return nil, fmt.Errorf("zstd: %w", err)
 		}

@@ -3,6 +3,7 @@ package remotecache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -23,7 +24,8 @@ type options struct {
 	userAgent    string
 	platform     *v1.Platform
 	allPlatforms bool
-	offline      bool
+	offline      bool // ResolveOffline
+	resolve      ResolvePolicy
 	jobs         int
 	logger       *slog.Logger
 	progress     func(Progress)
@@ -145,11 +147,62 @@ func WithTransport(t http.RoundTripper) Option {
 }
 
 // WithOffline never touches the network: tags resolve from index.json,
-// and a blob that is not cached is an error. The default is online, with a
-// fall back to offline resolution when the registry cannot be reached.
+// and a blob that is not cached is an error. It is WithResolve(ResolveOffline).
+// The default is ResolveFallback.
 func WithOffline() Option {
+	return WithResolve(ResolveOffline)
+}
+
+// ResolvePolicy says whether a tag may be resolved from the cache's
+// index.json instead of the registry. Blobs and manifests by digest are
+// verified on every read whatever the policy; tags are the one thing a
+// restored cache can claim that no digest checks, so trusting them is a
+// choice (the three match those proposed for BuildKit, buildkit#706).
+type ResolvePolicy int
+
+const (
+	// ResolveFallback asks the registry, and uses the tag the cache
+	// recorded when the registry cannot be reached: a refused, reset or
+	// timed-out connection, a failed DNS lookup, or a gateway's 502, 503
+	// or 504. It trusts index.json as it is, including one restored from
+	// a CI cache. The default.
+	ResolveFallback ResolvePolicy = iota
+	// ResolveRemote always asks the registry, and fails when it cannot.
+	ResolveRemote
+	// ResolveOffline never asks: tags resolve from index.json, and the
+	// network is not used at all (WithOffline).
+	ResolveOffline
+)
+
+var resolveNames = [...]string{ResolveFallback: "fallback", ResolveRemote: "remote", ResolveOffline: "offline"}
+
+// String returns the policy's name, as ParseResolvePolicy reads it.
+func (r ResolvePolicy) String() string {
+	if r >= 0 && int(r) < len(resolveNames) {
+		return resolveNames[r]
+	}
+	return fmt.Sprintf("ResolvePolicy(%d)", int(r))
+}
+
+// ParseResolvePolicy reads "remote", "fallback" or "offline".
+func ParseResolvePolicy(s string) (ResolvePolicy, error) {
+	for i, n := range resolveNames {
+		if s == n {
+			return ResolvePolicy(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown resolve policy %q: want remote, fallback or offline", s)
+}
+
+// WithResolve sets when a tag may be resolved from the cache's index.json
+// (see ResolvePolicy). The default is ResolveFallback.
+func WithResolve(r ResolvePolicy) Option {
 	return func(o *options) error {
-		o.offline = true
+		if r < ResolveFallback || r > ResolveOffline {
+			return fmt.Errorf("remotecache.WithResolve: unknown policy %d", int(r))
+		}
+		o.resolve = r
+		o.offline = r == ResolveOffline
 		return nil
 	}
 }

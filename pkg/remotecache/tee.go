@@ -29,9 +29,10 @@ type teeReader struct {
 	fetched      func(n int64)              // told at a clean, matching end; may be nil
 	unlock       func()                     // released when the stream ends; may be nil
 
-	n    int64
-	werr bool // storing failed; w only hashes now
-	done bool
+	n      int64
+	werr   bool  // storing failed; w only hashes now
+	done   bool  // committed or abandoned
+	failed error // the bytes were wrong: every later Read returns it
 }
 
 // subject names the blob, and its source, in errors.
@@ -43,7 +44,39 @@ func (t *teeReader) subject() string {
 }
 
 func (t *teeReader) Read(b []byte) (int, error) {
+	if t.failed != nil {
+		return 0, t.failed
+	}
+	if t.size >= 0 && !t.done {
+		// Never hand the caller a byte past the expected size: a body
+		// that runs longer is wrong, and its extra bytes (a tampered
+		// tar's, say) must not reach a consumer before the error does.
+		rem := t.size - t.n
+		if rem == 0 {
+			var one [1]byte
+			n, err := t.src.Read(one[:])
+			if n > 0 {
+				t.finish()
+				t.failed = t.overflow()
+				return 0, t.failed
+			}
+			if err == nil {
+				return 0, nil
+			}
+			return t.after(b[:0], err)
+		}
+		if int64(len(b)) > rem {
+			b = b[:rem]
+		}
+	}
 	n, err := t.src.Read(b)
+	return t.after(b[:n], err)
+}
+
+// after takes the bytes b of a read, and its error, through the store
+// and the checks.
+func (t *teeReader) after(b []byte, err error) (int, error) {
+	n := len(b)
 	t.n += int64(n)
 	if n > 0 {
 		switch {
@@ -51,7 +84,8 @@ func (t *teeReader) Read(b []byte) (int, error) {
 			if _, werr := t.w.Write(b[:n]); werr != nil {
 				if errors.Is(werr, store.ErrDigestMismatch) {
 					t.finish()
-					return n, t.overflow()
+					t.failed = t.overflow()
+					return 0, t.failed
 				}
 				t.storeFailed(werr)
 			}
@@ -80,7 +114,10 @@ func (t *teeReader) Read(b []byte) (int, error) {
 func (t *teeReader) WriteTo(dst io.Writer) (int64, error) {
 	var total int64
 	if t.w != nil && !t.werr && !t.done {
-		pt := &passTo{r: t.src, w: dst}
+		pt := &passTo{r: t.src, w: dst, max: -1}
+		if t.size >= 0 {
+			pt.max = t.size - t.n
+		}
 		n, err := t.w.ReadFrom(pt)
 		t.n += n
 		total = pt.written
@@ -93,7 +130,8 @@ func (t *teeReader) WriteTo(dst io.Writer) (int64, error) {
 			return total, pt.werr
 		case errors.Is(err, store.ErrDigestMismatch):
 			t.finish()
-			return total, t.overflow()
+			t.failed = t.overflow()
+			return total, t.failed
 		case pt.rerr == io.EOF:
 			return total, t.end()
 		case pt.rerr != nil:
@@ -113,9 +151,13 @@ func (t *teeReader) WriteTo(dst io.Writer) (int64, error) {
 
 // passTo is a reader of r that writes what it reads to w before it
 // returns it, keeping r's and w's errors apart, and counting what w took.
+// w is given no byte past the first max (when max >= 0): the reader's
+// consumer, the store's Writer, knows the size too and refuses the rest.
 type passTo struct {
 	r       io.Reader
 	w       io.Writer
+	max     int64
+	seen    int64
 	written int64
 	rerr    error
 	werr    error
@@ -123,10 +165,15 @@ type passTo struct {
 
 func (p *passTo) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b)
-	if n > 0 {
-		m, werr := p.w.Write(b[:n])
+	pass := n
+	if p.max >= 0 {
+		pass = int(min(int64(n), max(p.max-p.seen, 0)))
+	}
+	p.seen += int64(n)
+	if pass > 0 {
+		m, werr := p.w.Write(b[:pass])
 		p.written += int64(m)
-		if werr == nil && m < n {
+		if werr == nil && m < pass {
 			werr = io.ErrShortWrite
 		}
 		if werr != nil {
@@ -200,7 +247,16 @@ func (t *teeReader) finish() {
 	}
 }
 
+// Close ends the stream. A caller that stops at the blob's last byte
+// without reading on to EOF (ggcr's readers stop at the size the
+// descriptor gives, and a chunked body has no other end) has read the
+// whole blob when the bytes hash to d and have the expected size: it is
+// committed then too. Anything else is abandoned.
 func (t *teeReader) Close() error {
+	if !t.done && t.failed == nil && t.w != nil && !t.werr && t.n > 0 &&
+		(t.size < 0 || t.n == t.size) && t.w.Digest() == t.d {
+		_ = t.end()
+	}
 	err := t.src.Close()
 	t.finish()
 	return err

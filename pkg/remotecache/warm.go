@@ -83,20 +83,9 @@ func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Optio
 
 	var images []*image
 	if desc.MediaType.IsIndex() {
-		idx, err := newIndex(p, ref, desc, raw)
-		if err != nil {
-			return rep, err
-		}
 		if o.allPlatforms {
-			for _, c := range idx.im.Manifests {
-				if !c.MediaType.IsImage() {
-					continue
-				}
-				img, err := p.childImage(ctx, ref, c)
-				if err != nil {
-					return rep, err
-				}
-				images = append(images, img.(*image))
+			if images, err = p.indexImages(ctx, ref, desc, raw, 0); err != nil {
+				return rep, err
 			}
 		} else {
 			img, err := p.platformImage(ctx, ref, desc, raw)
@@ -251,7 +240,7 @@ func (p *puller) fetchInto(ctx context.Context, d digest.Digest, size int64, pro
 	}
 	// The store Writer's hash verifies a raw body; ggcr's reader
 	// verifies itself otherwise. Commit checks both ways.
-	src, _, err := p.fetchBlob(ctx, d)
+	src, _, err := p.fetchBlob(ctx, d, size)
 	if err != nil {
 		return false, err
 	}
