@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,7 +21,8 @@ import (
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
-// Regression tests of what the torture suite found (integration/torture).
+// Regression tests of hostile caches: what the torture suite
+// (integration/torture) and issue 12 found.
 
 // A symlink planted at blobs/<alg> or blobs/ while a store is open makes
 // no operation read, write or remove a file outside the cache.
@@ -193,5 +196,51 @@ func hostileDiskFullChild(t *testing.T, dir string) {
 		if strings.HasSuffix(e.Name(), ".tmp") {
 			t.Errorf("the failed Put left ingest/%s", e.Name())
 		}
+	}
+}
+
+// Get and Inspect refuse a file larger than MaxBlobInMemory at a blob's
+// name with ErrTooLarge, naming digest and path, without allocating for it
+// or reading it, and leave it in place (it may be a whole layer). The
+// 8 GiB file is sparse: making it costs nothing, and reading it into
+// memory would crash the process.
+func TestGet_OversizedBlobNotRead(t *testing.T) {
+	for _, size := range []int64{store.MaxBlobInMemory + 1, 8 << 30} {
+		t.Run(strconv.FormatInt(size, 10), func(t *testing.T) {
+			ctx := context.Background()
+			s := mustOpen(t, t.TempDir())
+			d := mustPut(t, s, []byte(`{"schemaVersion":2}`))
+			path, err := s.Layout().BlobPath(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(path, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(path, size); err != nil {
+				t.Skipf("cannot make a sparse file of %d bytes here: %v", size, err)
+			}
+			for _, read := range []struct {
+				name string
+				fn   func(context.Context, digest.Digest) ([]byte, error)
+			}{{"Get", s.Get}, {"Inspect", s.Inspect}} {
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				b, err := read.fn(ctx, d)
+				runtime.ReadMemStats(&after)
+				if !errors.Is(err, store.ErrTooLarge) || b != nil {
+					t.Errorf("%s of a %d-byte blob: got (%d bytes, %v), want ErrTooLarge", read.name, size, len(b), err)
+				} else if msg := err.Error(); !strings.Contains(msg, d.String()) || !strings.Contains(msg, path) {
+					t.Errorf("%s: error %q does not name the digest and the path", read.name, msg)
+				}
+				// Far less than the blob: nothing was allocated for it.
+				if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+					t.Errorf("%s of a %d-byte blob allocated %d bytes", read.name, size, n)
+				}
+				if fi, err := os.Stat(path); err != nil || fi.Size() != size {
+					t.Errorf("after %s: the blob is gone or changed: %v, %v", read.name, fi, err)
+				}
+			}
+		})
 	}
 }
