@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
@@ -242,5 +243,44 @@ func TestGet_OversizedBlobNotRead(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Clear removes the blobs before it rewrites index.json, so that on a full
+// disk, where the rewrite fails, it still frees the space and reports the
+// failure. The disk is full for the child process by a file size limit of
+// one byte (RLIMIT_FSIZE), which makes the rewrite fail with EFBIG.
+func TestClear_RemovesBlobsWhenIndexCannotBeWritten(t *testing.T) {
+	if dir := os.Getenv("LAYERCACHE_CLEARFULL_CHILD"); dir != "" {
+		hostileClearFullChild(t, dir)
+		return
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestClear_RemovesBlobsWhenIndexCannotBeWritten$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "LAYERCACHE_CLEARFULL_CHILD="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+}
+
+func hostileClearFullChild(t *testing.T, dir string) {
+	ctx := context.Background()
+	s := mustOpen(t, dir)
+	m := mustPut(t, s, []byte(`{"schemaVersion":2}`))
+	mustPut(t, s, []byte("a layer"))
+	if err := s.Tag(ctx, "example.com/a:1", ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: m, Size: 19}); err != nil {
+		t.Fatal(err)
+	}
+	signal.Ignore(syscall.SIGXFSZ)
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: 1, Max: 1}); err != nil {
+		t.Skipf("setrlimit: %v", err)
+	}
+	err := s.Clear(ctx)
+	if !errors.Is(err, syscall.EFBIG) {
+		t.Errorf("Clear with index.json not writable: got %v, want EFBIG", err)
+	}
+	n := 0
+	if err := s.Walk(ctx, func(store.Info) error { n++; return nil }); err != nil || n != 0 {
+		t.Errorf("after Clear: %d blobs left (%v), want none", n, err)
 	}
 }
