@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -51,7 +52,13 @@ func parseSize(s string) (int64, error) {
 	if mult == 0 {
 		return 0, fmt.Errorf("invalid size %q: unknown unit %q (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)", s, unit)
 	}
-	return int64(f * mult), nil
+	// A float64 of 2^63 or more converts to an int64 the spec leaves to
+	// the implementation (a negative one on amd64), so it is refused here.
+	n := f * mult
+	if n >= math.MaxInt64 {
+		return 0, fmt.Errorf("invalid size %q: out of range (at most 8 EiB)", s)
+	}
+	return int64(n), nil
 }
 
 // parseAge parses durations such as 30d, 2w, 12h or 90m: Go's durations
@@ -61,10 +68,16 @@ func parseAge(s string) (time.Duration, error) {
 	for suffix, unit := range map[string]time.Duration{"d": 24 * time.Hour, "w": 7 * 24 * time.Hour} {
 		if n, ok := strings.CutSuffix(t, suffix); ok {
 			f, err := strconv.ParseFloat(n, 64)
-			if err != nil || f < 0 {
+			// ParseFloat takes "NaN" and "Inf" too.
+			if err != nil || !(f >= 0) || math.IsInf(f, 1) {
 				return 0, fmt.Errorf("invalid age %q: want a duration such as 30d, 12h or 90m", s)
 			}
-			return time.Duration(f * float64(unit)), nil
+			// As in parseSize: no conversion of 2^63 ns or more.
+			ns := f * float64(unit)
+			if ns >= math.MaxInt64 {
+				return 0, fmt.Errorf("invalid age %q: out of range (at most 292 years)", s)
+			}
+			return time.Duration(ns), nil
 		}
 	}
 	d, err := time.ParseDuration(t)
