@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
@@ -85,6 +86,33 @@ func parseAge(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("invalid age %q: want a duration such as 30d, 12h or 90m", s)
 	}
 	return d, nil
+}
+
+// printable returns s as it is when a terminal shows it as text, and
+// otherwise quoted as Go quotes strings (strconv.Quote), so that "\x1b[2J"
+// prints as those seven characters instead of clearing the screen. Ref
+// names, media types and platforms come from index.json, manifests and
+// registries, which anyone may have written. Quoted are: strings holding a
+// rune strconv.IsPrint refuses (C0 and C1 controls such as ESC and CSI,
+// bidi overrides, tabs and newlines, which would also break a table's
+// columns), strings that are not valid UTF-8 (a lone 0x9b byte is CSI on
+// some terminals), and strings starting with a double quote, so that a
+// quoted string is never mistaken for a plain one. JSON output needs none
+// of this: encoding/json escapes control characters itself.
+func printable(s string) string {
+	if !utf8.ValidString(s) || strings.HasPrefix(s, `"`) || strings.IndexFunc(s, func(r rune) bool { return !strconv.IsPrint(r) }) >= 0 {
+		return strconv.Quote(s)
+	}
+	return s
+}
+
+// printables applies printable to each of ss.
+func printables(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = printable(s)
+	}
+	return out
 }
 
 // shortDigest abbreviates a digest for tables: algorithm and 12 hex digits.

@@ -73,7 +73,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	// One line: the error chain, then what to do about it. Joined errors
 	// (warm of several images) print one per line: keep them on this one.
-	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
+	// A registry's error text and a ref name can hold terminal escapes.
+	msg := printable(strings.ReplaceAll(err.Error(), "\n", "; "))
 	if h := hint(err); h != "" {
 		fmt.Fprintf(stderr, "layercache: %s; %s\n", msg, h)
 	} else {

@@ -124,10 +124,10 @@ with them are dropped, and the exit status is 0.`,
 				}
 			} else {
 				for _, c := range out.Corrupted {
-					fmt.Fprintf(g.stdout, "corrupted: %s\n", c.Error)
+					fmt.Fprintf(g.stdout, "corrupted: %s\n", printable(c.Error))
 				}
 				for _, r := range out.Refs {
-					fmt.Fprintf(g.stdout, "dropped ref: %s\n", r)
+					fmt.Fprintf(g.stdout, "dropped ref: %s\n", printable(r))
 				}
 				switch {
 				case len(out.Corrupted) == 0:
