@@ -36,7 +36,11 @@ in a script it refuses unless given --yes.`,
 					return err
 				}
 				fmt.Fprintf(g.stderr, "Remove %d blobs (%s) and every ref from %s? [y/N] ", n, humanBytes(size), s.Dir())
-				line, _ := bufio.NewReader(g.stdin).ReadString('\n')
+				line, _ := bufio.NewReader(interruptible(ctx, g.stdin)).ReadString('\n')
+				if err := ctx.Err(); err != nil {
+					fmt.Fprintln(g.stderr) // end the prompt's line
+					return err
+				}
 				if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
 					fmt.Fprintln(g.stderr, "nothing removed")
 					return exitError{exitFail}

@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
@@ -51,7 +53,13 @@ func parseSize(s string) (int64, error) {
 	if mult == 0 {
 		return 0, fmt.Errorf("invalid size %q: unknown unit %q (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)", s, unit)
 	}
-	return int64(f * mult), nil
+	// A float64 of 2^63 or more converts to an int64 the spec leaves to
+	// the implementation (a negative one on amd64), so it is refused here.
+	n := f * mult
+	if n >= math.MaxInt64 {
+		return 0, fmt.Errorf("invalid size %q: out of range (at most 8 EiB)", s)
+	}
+	return int64(n), nil
 }
 
 // parseAge parses durations such as 30d, 2w, 12h or 90m: Go's durations
@@ -61,10 +69,16 @@ func parseAge(s string) (time.Duration, error) {
 	for suffix, unit := range map[string]time.Duration{"d": 24 * time.Hour, "w": 7 * 24 * time.Hour} {
 		if n, ok := strings.CutSuffix(t, suffix); ok {
 			f, err := strconv.ParseFloat(n, 64)
-			if err != nil || f < 0 {
+			// ParseFloat takes "NaN" and "Inf" too.
+			if err != nil || !(f >= 0) || math.IsInf(f, 1) {
 				return 0, fmt.Errorf("invalid age %q: want a duration such as 30d, 12h or 90m", s)
 			}
-			return time.Duration(f * float64(unit)), nil
+			// As in parseSize: no conversion of 2^63 ns or more.
+			ns := f * float64(unit)
+			if ns >= math.MaxInt64 {
+				return 0, fmt.Errorf("invalid age %q: out of range (at most 292 years)", s)
+			}
+			return time.Duration(ns), nil
 		}
 	}
 	d, err := time.ParseDuration(t)
@@ -72,6 +86,33 @@ func parseAge(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("invalid age %q: want a duration such as 30d, 12h or 90m", s)
 	}
 	return d, nil
+}
+
+// printable returns s as it is when a terminal shows it as text, and
+// otherwise quoted as Go quotes strings (strconv.Quote), so that "\x1b[2J"
+// prints as those seven characters instead of clearing the screen. Ref
+// names, media types and platforms come from index.json, manifests and
+// registries, which anyone may have written. Quoted are: strings holding a
+// rune strconv.IsPrint refuses (C0 and C1 controls such as ESC and CSI,
+// bidi overrides, tabs and newlines, which would also break a table's
+// columns), strings that are not valid UTF-8 (a lone 0x9b byte is CSI on
+// some terminals), and strings starting with a double quote, so that a
+// quoted string is never mistaken for a plain one. JSON output needs none
+// of this: encoding/json escapes control characters itself.
+func printable(s string) string {
+	if !utf8.ValidString(s) || strings.HasPrefix(s, `"`) || strings.IndexFunc(s, func(r rune) bool { return !strconv.IsPrint(r) }) >= 0 {
+		return strconv.Quote(s)
+	}
+	return s
+}
+
+// printables applies printable to each of ss.
+func printables(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = printable(s)
+	}
+	return out
 }
 
 // shortDigest abbreviates a digest for tables: algorithm and 12 hex digits.

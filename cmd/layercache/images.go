@@ -50,7 +50,7 @@ warm of it failed or is still running. Warm it again.`,
 					size += " (incomplete)"
 				}
 				last, _ := time.Parse(time.RFC3339, e.LastUsed)
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Ref, shortDigest(e.Digest), strings.Join(e.Platforms, ","), size, ago(now, last))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(e.Ref), shortDigest(e.Digest), strings.Join(printables(e.Platforms), ","), size, ago(now, last))
 			}
 			return tw.Flush()
 		},

@@ -63,7 +63,7 @@ image's manifest names it, and its last use (refreshed at most hourly).`,
 			fmt.Fprintln(tw, "DIGEST\tSIZE\tLAST USED\tMEDIA TYPE")
 			now := time.Now()
 			for _, b := range blobs {
-				mt := c.mediaTypes[b.Digest]
+				mt := printable(c.mediaTypes[b.Digest])
 				if mt == "" {
 					mt = "-"
 				}

@@ -63,6 +63,7 @@ func TestScripts(t *testing.T) {
 			"blob":     cmdBlob,
 			"corrupt":  cmdCorrupt,
 			"setmtime": cmdSetmtime,
+			"truncate": cmdTruncate,
 			"sha256":   cmdSHA256,
 			"calc":     cmdCalc,
 			"json":     cmdJSON,
@@ -131,6 +132,26 @@ func cmdSetmtime(ts *testscript.TestScript, neg bool, args []string) {
 	t := time.Now().Add(-age)
 	for _, d := range args[1:] {
 		ts.Check(os.Chtimes(blobPath(ts, d), t, t))
+	}
+}
+
+// cmdTruncate: truncate SIZE DIGEST... makes each blob's file SIZE bytes
+// long (SIZE as --max-size takes it, such as 1TiB), keeping its mtime. A
+// file made longer is sparse, so a huge one costs no disk.
+func cmdTruncate(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: truncate SIZE DIGEST...")
+	}
+	size, err := parseSize(args[0])
+	ts.Check(err)
+	for _, d := range args[1:] {
+		path := blobPath(ts, d)
+		fi, err := os.Stat(path)
+		ts.Check(err)
+		ts.Check(os.Chmod(path, 0o644))
+		ts.Check(os.Truncate(path, size))
+		ts.Check(os.Chmod(path, fi.Mode().Perm()))
+		ts.Check(os.Chtimes(path, fi.ModTime(), fi.ModTime()))
 	}
 }
 

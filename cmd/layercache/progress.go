@@ -40,7 +40,7 @@ func (l *lineProgress) event(ev remotecache.Progress) {
 	defer l.mu.Unlock()
 	switch {
 	case ev.Err != nil:
-		fmt.Fprintf(l.w, "%s %s %s: failed: %v\n", ev.Kind, shortDigest(ev.Digest.String()), humanBytes(ev.Total), ev.Err)
+		fmt.Fprintf(l.w, "%s %s %s: failed: %s\n", ev.Kind, shortDigest(ev.Digest.String()), humanBytes(ev.Total), printable(ev.Err.Error()))
 	case ev.Cached:
 		fmt.Fprintf(l.w, "%s %s %s: cached, verified\n", ev.Kind, shortDigest(ev.Digest.String()), humanBytes(ev.Total))
 	default:

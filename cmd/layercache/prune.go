@@ -88,7 +88,7 @@ Last use is refreshed at most hourly, which is as precise as eviction gets.`,
 				fmt.Fprintf(g.stdout, "%s %s (%s)\n", verb, i.Digest, humanBytes(i.Size))
 			}
 			for _, r := range rep.DroppedRefs {
-				fmt.Fprintf(g.stdout, "%s ref %s\n", verb, r)
+				fmt.Fprintf(g.stdout, "%s ref %s\n", verb, printable(r))
 			}
 			fmt.Fprintf(g.stdout, "%s %d blobs, %s; kept %d blobs, %s\n", verb, len(rep.Removed), humanBytes(rep.FreedBytes), rep.Kept, humanBytes(rep.KeptBytes))
 			return nil

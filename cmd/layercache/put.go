@@ -28,21 +28,30 @@ digest, computed from the bytes. Print only the digest.`,
 			if err != nil {
 				return err
 			}
-			var r io.Reader = g.stdin
-			if args[0] != "-" {
+			ctx := cmd.Context()
+			// Reads of stdin, a FIFO or a device may block for ever;
+			// interruptible lets a signal end them. A regular file
+			// is read as it is, without the extra copy.
+			var r io.Reader
+			if args[0] == "-" {
+				r = interruptible(ctx, g.stdin)
+			} else {
 				f, err := os.Open(args[0])
 				if err != nil {
 					return err
 				}
 				defer f.Close()
 				r = f
+				if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+					r = interruptible(ctx, f)
+				}
 			}
-			d, err := s.Put(cmd.Context(), r)
+			d, err := s.Put(ctx, r)
 			if err != nil {
 				return fmt.Errorf("put %s: %w", args[0], err)
 			}
 			if g.json {
-				info, err := s.Stat(cmd.Context(), d)
+				info, err := s.Stat(ctx, d)
 				if err != nil {
 					return err
 				}

@@ -18,11 +18,14 @@ import (
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
-// Exit codes, as crane, ko and the go command use them.
+// Exit codes, as crane, ko and the go command use them, and for a command
+// that a signal ended, 128 plus the signal's number (130 for SIGINT, 143
+// for SIGTERM), as a shell reports a process that the signal killed.
 const (
-	exitOK    = 0
-	exitFail  = 1
-	exitUsage = 2
+	exitOK         = 0
+	exitFail       = 1
+	exitUsage      = 2
+	exitSignalBase = 128
 )
 
 // globals holds the global flags and the streams of one run.
@@ -67,20 +70,36 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if err == nil {
 		return exitOK
 	}
+	// A command that a signal cancelled fails with the context's error;
+	// the signal is the context's cause (see notifyContext).
+	var sig signalError
+	signalled := errors.As(context.Cause(ctx), &sig)
 	var ee exitError
 	if errors.As(err, &ee) {
+		if signalled {
+			return exitSignalBase + int(sig.sig)
+		}
 		return ee.code
 	}
 	// One line: the error chain, then what to do about it. Joined errors
 	// (warm of several images) print one per line: keep them on this one.
 	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
+	if signalled {
+		// "put -: interrupted" rather than "put -: context canceled".
+		msg = strings.ReplaceAll(msg, context.Canceled.Error(), sig.Error())
+	}
+	// A registry's error text and a ref name can hold terminal escapes.
+	msg = printable(msg)
 	if h := hint(err); h != "" {
 		fmt.Fprintf(stderr, "layercache: %s; %s\n", msg, h)
 	} else {
 		fmt.Fprintf(stderr, "layercache: %s\n", msg)
 	}
 	var ue usageError
-	if errors.As(err, &ue) || isCobraUsage(err) {
+	switch {
+	case signalled:
+		return exitSignalBase + int(sig.sig)
+	case errors.As(err, &ue) || isCobraUsage(err):
 		return exitUsage
 	}
 	return exitFail

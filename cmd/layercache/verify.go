@@ -130,7 +130,7 @@ are dropped, and the exit status is 0.`,
 				}
 			} else {
 				for _, c := range out.Corrupted {
-					fmt.Fprintf(g.stdout, "corrupted: %s\n", c.Error)
+					fmt.Fprintf(g.stdout, "corrupted: %s\n", printable(c.Error))
 				}
 				if !repair {
 					for _, r := range out.Dangling {
@@ -138,7 +138,7 @@ are dropped, and the exit status is 0.`,
 					}
 				}
 				for _, r := range out.Refs {
-					fmt.Fprintf(g.stdout, "dropped ref: %s\n", r)
+					fmt.Fprintf(g.stdout, "dropped ref: %s\n", printable(r))
 				}
 				switch {
 				case len(out.Corrupted) == 0 && len(out.Dangling) > 0 && !repair:

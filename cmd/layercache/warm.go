@@ -170,7 +170,7 @@ func summary(cached, fetched remotecache.Tally, d time.Duration, platforms []str
 	fmt.Fprintf(&b, "%d blobs (%s) from the cache, %d blobs (%s) from the registry, in %s",
 		cached.Blobs, humanBytes(cached.Bytes), fetched.Blobs, humanBytes(fetched.Bytes), d.Round(time.Millisecond))
 	if len(platforms) > 0 {
-		fmt.Fprintf(&b, " [%s]", strings.Join(platforms, ", "))
+		fmt.Fprintf(&b, " [%s]", strings.Join(printables(platforms), ", "))
 	}
 	return b.String()
 }

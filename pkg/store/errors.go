@@ -30,6 +30,11 @@ var (
 	// have the expected size. Nothing is committed.
 	ErrDigestMismatch = errors.New("digest mismatch")
 
+	// ErrTooLarge is returned by Get and Inspect for a blob larger than
+	// MaxBlobInMemory, before any of it is read. The blob is left in
+	// place: it may be a whole layer, which Open streams.
+	ErrTooLarge = errors.New("blob too large to read into memory")
+
 	// ErrNotLayout is returned by Open for a path that is a file, or a
 	// non-empty directory that is not an OCI image layout. It is the same
 	// value as layout.ErrNotLayout.

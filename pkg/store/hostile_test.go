@@ -9,17 +9,21 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
-// Regression tests of what the torture suite found (integration/torture).
+// Regression tests of hostile caches: what the torture suite
+// (integration/torture) and issue 12 found.
 
 // A symlink planted at blobs/<alg> or blobs/ while a store is open makes
 // no operation read, write or remove a file outside the cache.
@@ -193,5 +197,90 @@ func hostileDiskFullChild(t *testing.T, dir string) {
 		if strings.HasSuffix(e.Name(), ".tmp") {
 			t.Errorf("the failed Put left ingest/%s", e.Name())
 		}
+	}
+}
+
+// Get and Inspect refuse a file larger than MaxBlobInMemory at a blob's
+// name with ErrTooLarge, naming digest and path, without allocating for it
+// or reading it, and leave it in place (it may be a whole layer). The
+// 8 GiB file is sparse: making it costs nothing, and reading it into
+// memory would crash the process.
+func TestGet_OversizedBlobNotRead(t *testing.T) {
+	for _, size := range []int64{store.MaxBlobInMemory + 1, 8 << 30} {
+		t.Run(strconv.FormatInt(size, 10), func(t *testing.T) {
+			ctx := context.Background()
+			s := mustOpen(t, t.TempDir())
+			d := mustPut(t, s, []byte(`{"schemaVersion":2}`))
+			path, err := s.Layout().BlobPath(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(path, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(path, size); err != nil {
+				t.Skipf("cannot make a sparse file of %d bytes here: %v", size, err)
+			}
+			for _, read := range []struct {
+				name string
+				fn   func(context.Context, digest.Digest) ([]byte, error)
+			}{{"Get", s.Get}, {"Inspect", s.Inspect}} {
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				b, err := read.fn(ctx, d)
+				runtime.ReadMemStats(&after)
+				if !errors.Is(err, store.ErrTooLarge) || b != nil {
+					t.Errorf("%s of a %d-byte blob: got (%d bytes, %v), want ErrTooLarge", read.name, size, len(b), err)
+				} else if msg := err.Error(); !strings.Contains(msg, d.String()) || !strings.Contains(msg, path) {
+					t.Errorf("%s: error %q does not name the digest and the path", read.name, msg)
+				}
+				// Far less than the blob: nothing was allocated for it.
+				if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+					t.Errorf("%s of a %d-byte blob allocated %d bytes", read.name, size, n)
+				}
+				if fi, err := os.Stat(path); err != nil || fi.Size() != size {
+					t.Errorf("after %s: the blob is gone or changed: %v, %v", read.name, fi, err)
+				}
+			}
+		})
+	}
+}
+
+// Clear removes the blobs before it rewrites index.json, so that on a full
+// disk, where the rewrite fails, it still frees the space and reports the
+// failure. The disk is full for the child process by a file size limit of
+// one byte (RLIMIT_FSIZE), which makes the rewrite fail with EFBIG.
+func TestClear_RemovesBlobsWhenIndexCannotBeWritten(t *testing.T) {
+	if dir := os.Getenv("LAYERCACHE_CLEARFULL_CHILD"); dir != "" {
+		hostileClearFullChild(t, dir)
+		return
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestClear_RemovesBlobsWhenIndexCannotBeWritten$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "LAYERCACHE_CLEARFULL_CHILD="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+}
+
+func hostileClearFullChild(t *testing.T, dir string) {
+	ctx := context.Background()
+	s := mustOpen(t, dir)
+	m := mustPut(t, s, []byte(`{"schemaVersion":2}`))
+	mustPut(t, s, []byte("a layer"))
+	if err := s.Tag(ctx, "example.com/a:1", ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: m, Size: 19}); err != nil {
+		t.Fatal(err)
+	}
+	signal.Ignore(syscall.SIGXFSZ)
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: 1, Max: 1}); err != nil {
+		t.Skipf("setrlimit: %v", err)
+	}
+	err := s.Clear(ctx)
+	if !errors.Is(err, syscall.EFBIG) {
+		t.Errorf("Clear with index.json not writable: got %v, want EFBIG", err)
+	}
+	n := 0
+	if err := s.Walk(ctx, func(store.Info) error { n++; return nil }); err != nil || n != 0 {
+		t.Errorf("after Clear: %d blobs left (%v), want none", n, err)
 	}
 }

@@ -77,9 +77,18 @@ func (s *Store) OpenVerified(ctx context.Context, d digest.Digest) (io.ReadClose
 	return &sizedReader{f: f, remaining: fi.Size(), d: d, path: path}, info, nil
 }
 
+// MaxBlobInMemory is the size of the largest blob that Get and Inspect read
+// into memory; a larger one gives ErrTooLarge. Manifests and configs are
+// far smaller: distribution refuses manifests over 4 MiB, and the pull path
+// (package remotecache) reads none over 8 MiB from a registry. Without a
+// bound, a file planted at a manifest's digest (an 8 GiB sparse file costs
+// nothing to make) would make Get allocate its size and crash the process.
+const MaxBlobInMemory = 8 << 20
+
 // Get returns the whole blob d, verified before it returns anything. It is
 // meant for manifests and configs: it holds the blob in memory, so avoid it
-// for layers. Errors are those of Open.
+// for layers. A blob larger than MaxBlobInMemory gives ErrTooLarge and is
+// neither read nor removed; other errors are those of Open.
 func (s *Store) Get(ctx context.Context, d digest.Digest) ([]byte, error) {
 	f, fi, path, err := s.openFile(ctx, d)
 	if err != nil {
@@ -93,8 +102,15 @@ func (s *Store) Get(ctx context.Context, d digest.Digest) ([]byte, error) {
 	return b, err
 }
 
-// readWhole reads an opened blob into memory and checks it against d.
+// readWhole reads an opened blob into memory and checks it against d. It
+// allocates no more than MaxBlobInMemory+1 bytes, whatever is at the path.
 func readWhole(f *os.File, fi fs.FileInfo, d digest.Digest, path string) ([]byte, error) {
+	// The size found at open decides before anything is allocated; the
+	// read below is bounded by the buffer, so a file that grows after
+	// this check is read no further than one byte past its old size.
+	if fi.Size() > MaxBlobInMemory {
+		return nil, fmt.Errorf("blob %s (%s): %w: %d bytes, more than %d", d, path, ErrTooLarge, fi.Size(), MaxBlobInMemory)
+	}
 	// One byte more than the size found at open, to notice growth.
 	buf := make([]byte, fi.Size()+1)
 	n, err := io.ReadFull(f, buf)
@@ -111,7 +127,8 @@ func readWhole(f *os.File, fi fs.FileInfo, d digest.Digest, path string) ([]byte
 // Inspect is Get for tools that look at the cache rather than use it
 // (listing images, say): the blob is verified the same way, but its last
 // use is left alone, so looking does not change what Prune evicts. A
-// corrupted blob gives ErrCorrupted and is left in place, as with Verify.
+// corrupted blob gives ErrCorrupted and is left in place, as with Verify;
+// a blob larger than MaxBlobInMemory gives ErrTooLarge, as with Get.
 func (s *Store) Inspect(ctx context.Context, d digest.Digest) ([]byte, error) {
 	f, fi, path, err := s.openFileNoTouch(ctx, d)
 	if err != nil {

@@ -163,13 +163,15 @@ func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
 // blobs/sha256 and blobs/sha512 and the entries of index.json. Other files
 // in the directory are left alone. The store stays usable: a Put right
 // after Clear works.
+//
+// Blobs and litter go first and index.json after them: on a full disk, the
+// rewrite of index.json (a temp file, then a rename) can fail, while
+// removing files needs no space and frees it. Clear then returns the
+// rewrite's error with the blobs gone. The refs it leaves name blobs that are not stored,
+// which readers of refs already handle: Resolve does not look at blobs,
+// `layercache images` shows the image as incomplete, and a pull fetches
+// what is missing.
 func (s *Store) Clear(ctx context.Context) error {
-	if err := s.path.UpdateIndex(ctx, func(idx *ocispec.Index) error {
-		idx.Manifests = nil
-		return nil
-	}); err != nil {
-		return err
-	}
 	if blobs := s.path.Join(layout.BlobsDir); layout.CheckDir(blobs) != nil {
 		// A symlink planted at blobs/: remove the link, never what it
 		// points at. Nothing below it is ours.
@@ -207,10 +209,14 @@ func (s *Store) Clear(ctx context.Context) error {
 			faultpoint.Hit("clear:removed")
 		}
 	}
-	if _, err := s.path.Sweep(ctx, s.now().Add(-sweepAge)); err != nil {
-		return err
+	_, sweepErr := s.path.Sweep(ctx, s.now().Add(-sweepAge))
+	if err := s.path.UpdateIndex(ctx, func(idx *ocispec.Index) error {
+		idx.Manifests = nil
+		return nil
+	}); err != nil {
+		return errors.Join(fmt.Errorf("clearing refs: %w", err), sweepErr)
 	}
-	return nil
+	return sweepErr
 }
 
 // blobPath returns the path of the blob d, after checking that blobs/ and
