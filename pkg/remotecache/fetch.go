@@ -25,8 +25,10 @@ import (
 )
 
 // maxManifestSize bounds manifests and configs read into memory, as
-// registries do (distribution refuses manifests over 4 MiB).
-const maxManifestSize = 8 << 20
+// registries do (distribution refuses manifests over 4 MiB): the store's
+// own bound on whole-blob reads, so that what a pull fetches, the store
+// can read back.
+const maxManifestSize = store.MaxBlobInMemory
 
 // ErrOffline is returned when a blob or a tag is needed from the registry
 // but the operation is offline (WithOffline, or the registry cannot be
@@ -457,6 +459,8 @@ func (p *puller) noteStoreReadError(d digest.Digest, err error) {
 	case errors.Is(err, store.ErrNotFound):
 	case errors.Is(err, store.ErrCorrupted):
 		p.o.logger.Warn("cached blob was corrupted; removed it and fetching it again", "digest", d, "err", err)
+	case errors.Is(err, store.ErrTooLarge):
+		p.o.logger.Warn("cached blob is too large for a manifest or config; fetching it again", "digest", d, "err", err)
 	default:
 		p.o.warnOnce.warn("read", "cannot read the cache; using the registry", "digest", d, "err", err)
 	}
