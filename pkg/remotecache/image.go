@@ -124,10 +124,7 @@ func (p *puller) findPlatform(ctx context.Context, ref name.Reference, desc v1.D
 		case child.MediaType.IsImage():
 			return p.childImage(ctx, ref, child)
 		case child.MediaType.IsIndex():
-			if depth+1 >= maxIndexDepth {
-				return nil, fmt.Errorf("%s: indexes nested more than %d deep at %s", ref, maxIndexDepth, child.Digest)
-			}
-			craw, err := p.childManifest(ctx, ref, child)
+			craw, err := p.nestedIndex(ctx, ref, child, depth+1)
 			if err != nil {
 				return nil, err
 			}
@@ -138,6 +135,15 @@ func (p *puller) findPlatform(ctx context.Context, ref name.Reference, desc v1.D
 		}
 	}
 	return nil, nil
+}
+
+// nestedIndex returns the index a descriptor of an index points at, at
+// depth below the top.
+func (p *puller) nestedIndex(ctx context.Context, ref name.Reference, child v1.Descriptor, depth int) ([]byte, error) {
+	if depth >= maxIndexDepth {
+		return nil, fmt.Errorf("%s: indexes nested more than %d deep at %s", ref, maxIndexDepth, child.Digest)
+	}
+	return p.childManifest(ctx, ref, child)
 }
 
 // indexImages returns every image of index raw and of the indexes it
@@ -157,10 +163,7 @@ func (p *puller) indexImages(ctx context.Context, ref name.Reference, desc v1.De
 			}
 			out = append(out, img.(*image))
 		case child.MediaType.IsIndex():
-			if depth+1 >= maxIndexDepth {
-				return nil, fmt.Errorf("%s: indexes nested more than %d deep at %s", ref, maxIndexDepth, child.Digest)
-			}
-			craw, err := p.childManifest(ctx, ref, child)
+			craw, err := p.nestedIndex(ctx, ref, child, depth+1)
 			if err != nil {
 				return nil, err
 			}
