@@ -25,11 +25,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	"github.com/ocibuild/layercache/internal/faultpoint"
 )
@@ -193,7 +191,7 @@ func CheckDir(dir string) error {
 // oci-layout again before it refuses the directory. An empty directory
 // has no foreign entry.
 func (p Path) foreignEntry() (string, error) {
-	entries, err := os.ReadDir(string(p))
+	entries, err := readDir(string(p), false)
 	if err != nil {
 		return "", fmt.Errorf("cache dir %s: %w", p, err)
 	}
@@ -201,7 +199,7 @@ func (p Path) foreignEntry() (string, error) {
 		name := e.Name()
 		switch {
 		case name == BlobsDir && e.IsDir():
-			inner, err := os.ReadDir(p.Join(name))
+			inner, err := readDir(p.Join(name), true)
 			if err != nil {
 				return name, nil
 			}
@@ -209,7 +207,7 @@ func (p Path) foreignEntry() (string, error) {
 				return name + "/" + inner[0].Name(), nil
 			}
 		case name == IngestDir && e.IsDir():
-			inner, err := os.ReadDir(p.Join(name))
+			inner, err := readDir(p.Join(name), true)
 			if err != nil {
 				return name, nil
 			}
@@ -364,47 +362,4 @@ func (p Path) replaceFile(name string, data []byte, durable bool) error {
 		return nil
 	}
 	return SyncDir(string(p))
-}
-
-// errNotRegular is what readSmallFile returns for a symlink, a directory,
-// a FIFO or a device at the path of one of the layout's files.
-var errNotRegular = errors.New("not a regular file")
-
-// readSmallFile reads the layout file at path, at most limit+1 bytes (so a
-// caller can tell a file over the limit). It never follows a symlink at
-// path and never blocks on a FIFO planted there: a hostile entry gives an
-// error wrapping errNotRegular, and its target is never read.
-func readSmallFile(path string, limit int64) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, syscall.ELOOP) {
-		return nil, fmt.Errorf("%s: %w: it is a symlink", path, errNotRegular)
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: %w (%v)", path, errNotRegular, fi.Mode().Type())
-	}
-	return io.ReadAll(io.LimitReader(f, limit+1))
-}
-
-// SyncDir fsyncs a directory, so that a rename into it survives a power loss.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	return nil
 }

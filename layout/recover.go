@@ -102,7 +102,7 @@ func (p Path) storedImages(ctx context.Context) ([]ocispec.Descriptor, error) {
 		if CheckDir(dir) != nil {
 			continue
 		}
-		entries, err := os.ReadDir(dir)
+		entries, err := readDir(dir, true)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
