@@ -2,7 +2,10 @@ package layout_test
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -69,5 +72,50 @@ func fzRef(name string) ocispec.Descriptor {
 		Digest:      digest.Digest("sha256:" + fmt.Sprintf("%064x", len(name))),
 		Size:        1,
 		Annotations: map[string]string{ocispec.AnnotationRefName: name},
+	}
+}
+
+// TestCreate_Processes: OS processes (this test binary, re-executed) and
+// the parent create the same fresh caches at once, one after another, and
+// each records a ref in each right away. Whatever one process sees of a
+// cache that another is creating, Create accepts it (no ErrNotLayout), and
+// every ref is kept.
+func TestCreate_Processes(t *testing.T) {
+	const rounds = 20
+	if base := os.Getenv(childDirEnv); base != "" {
+		id := os.Getenv(childIDEnv)
+		childBarrier(t, os.Getenv(childSyncEnv), id)
+		createRounds(t, base, id, rounds)
+		return
+	}
+	base := t.TempDir()
+	syncDir := t.TempDir()
+	ids := []string{"p0", "p1", "p2"}
+	var children []*child
+	for _, id := range ids {
+		children = append(children, startChild(t, t.Name(),
+			childDirEnv+"="+base, childIDEnv+"="+id, childSyncEnv+"="+syncDir))
+	}
+	releaseChildren(t, syncDir, ids)
+	createRounds(t, base, "parent", rounds)
+	for _, c := range children {
+		c.wait(t)
+	}
+	for r := range rounds {
+		p := layout.Path(filepath.Join(base, strconv.Itoa(r)))
+		assertRefs(t, p, append(slices.Clone(ids), "parent"))
+	}
+}
+
+// createRounds creates the caches base/0 ... base/rounds-1 in turn and
+// records a ref named id in each.
+func createRounds(t *testing.T, base, id string, rounds int) {
+	t.Helper()
+	for r := range rounds {
+		p, err := layout.Create(filepath.Join(base, strconv.Itoa(r)))
+		if err != nil {
+			t.Fatalf("%s: round %d: Create: %v", id, r, err)
+		}
+		addRef(t, p, id)
 	}
 }

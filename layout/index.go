@@ -29,6 +29,11 @@ func emptyIndex() ocispec.Index {
 	}
 }
 
+// emptyIndexJSON is the index.json that Create writes into a new layout.
+func emptyIndexJSON() ([]byte, error) {
+	return json.Marshal(emptyIndex())
+}
+
 // ReadIndex reads index.json. It takes no lock: index.json is only ever
 // replaced by rename, so a reader sees a whole old or a whole new file. A
 // missing index.json reads as an empty index. A symlink, a directory or a

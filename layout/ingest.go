@@ -10,12 +10,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gofrs/flock"
 	"github.com/opencontainers/go-digest"
 )
 
-// Suffixes of the files in ingest/. Anything else found there is litter
-// too, and swept once it is old.
+// Suffixes of the files in ingest/. layercache creates nothing there but
+// the temp files of CreateTemp and the lock files of LockBlob, LockIndex
+// and UpdateStats (see isIngestName), and Sweep removes nothing else.
 const (
 	tempSuffix = ".tmp"
 	lockSuffix = ".lock"
@@ -25,6 +25,48 @@ const (
 	indexLockName = IndexFile + lockSuffix
 )
 
+// blobTempPrefix begins the names of the temp files of blobs being written.
+const blobTempPrefix = "blob-"
+
+// tempPrefix returns the prefix of the names of layercache's temp files
+// that name begins with: blobs being written (pkg/store), and rewrites of
+// index.json, oci-layout and the stats file (replaceFile, initIndex).
+func tempPrefix(name string) (string, bool) {
+	for _, prefix := range [...]string{blobTempPrefix, IndexFile + ".", LayoutFile + ".", StatsFile + "."} {
+		if strings.HasPrefix(name, prefix) {
+			return prefix, true
+		}
+	}
+	return "", false
+}
+
+// isTempName reports whether name is one that CreateTemp gives a temp
+// file: one of the prefixes of tempPrefix, then the random part of
+// os.CreateTemp (never empty), then ".tmp".
+func isTempName(name string) bool {
+	rest, ok := strings.CutSuffix(name, tempSuffix)
+	prefix, known := tempPrefix(rest)
+	return ok && known && len(rest) > len(prefix)
+}
+
+// isBlobLockName reports whether name is that of a per-digest lock file:
+// <alg>-<encoded>.lock, for a digest that Validate accepts.
+func isBlobLockName(name string) bool {
+	rest, ok := strings.CutSuffix(name, lockSuffix)
+	alg, enc, dash := strings.Cut(rest, "-")
+	if !ok || !dash {
+		return false
+	}
+	_, err := ParseBlobName(digest.Algorithm(alg), enc)
+	return err == nil
+}
+
+// isIngestName reports whether name is one that layercache gives the files
+// it creates in ingest/.
+func isIngestName(name string) bool {
+	return isTempName(name) || isBlobLockName(name) || name == indexLockName || name == statsLockName
+}
+
 // lockPollInterval is how often a blocked Lock retries. flock(2) has no
 // timed wait, so waiting with a context means polling; 20 ms is short next
 // to any blob download a waiter waits for.
@@ -32,10 +74,16 @@ const lockPollInterval = 20 * time.Millisecond
 
 // CreateTemp creates a new temporary file in ingest/ whose name is unique
 // across processes (os.CreateTemp). pattern follows os.CreateTemp; the
-// ".tmp" suffix is added if missing, so that Sweep recognises the file.
+// ".tmp" suffix is added if missing. So that Sweep recognises every file
+// it makes, pattern must be "blob-*", or the name of a layout file
+// (index.json, oci-layout, the stats file) followed by ".*"; any other
+// pattern is refused.
 func (p Path) CreateTemp(pattern string) (*os.File, error) {
 	if !strings.HasSuffix(pattern, tempSuffix) {
 		pattern += tempSuffix
+	}
+	if prefix, _, ok := strings.Cut(pattern, "*"); !ok || pattern != prefix+"*"+tempSuffix || !isTempName(prefix+"0"+tempSuffix) {
+		return nil, fmt.Errorf("creating temp file: pattern %q is not one of layercache's temp files", pattern)
 	}
 	if err := CheckDir(p.Join(IngestDir)); err != nil {
 		return nil, fmt.Errorf("creating temp file: %w", err)
@@ -57,16 +105,19 @@ func (p Path) CreateTemp(pattern string) (*os.File, error) {
 // flock(2). The kernel releases it when the holder's process dies, so a
 // crash never leaves a cache locked.
 type Lock struct {
-	fl *flock.Flock
+	f *os.File
 }
 
 // Unlock releases the lock. It is safe to call more than once.
 func (l *Lock) Unlock() error {
-	if l == nil || l.fl == nil {
+	if l == nil || l.f == nil {
 		return nil
 	}
-	err := l.fl.Unlock()
-	l.fl.Close()
+	err := flock(l.f, syscall.LOCK_UN)
+	if cerr := l.f.Close(); err == nil {
+		err = cerr
+	}
+	l.f = nil
 	return err
 }
 
@@ -85,50 +136,151 @@ func (p Path) LockIndex(ctx context.Context) (*Lock, error) {
 	return p.lock(ctx, indexLockName)
 }
 
+// lock takes the lock file called name in ingest/, waiting until it is
+// free or ctx is done. A cancelled ctx creates no file.
 func (p Path) lock(ctx context.Context, name string) (*Lock, error) {
 	path := p.Join(IngestDir, name)
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
 	if err := CheckDir(p.Join(IngestDir)); err != nil {
 		return nil, fmt.Errorf("locking %s: %w", path, err)
 	}
-	// O_NOFOLLOW: a symlink planted at a lock file's name must not make
-	// the lock create or open a file outside the cache. Such a link is
-	// litter in ingest/ like any other, and nobody can hold a lock on it,
-	// so it is removed and the lock file made afresh.
-	newLock := func() *flock.Flock {
-		return flock.New(path, flock.SetPermissions(0o644), flock.SetFlag(os.O_CREATE|os.O_RDONLY|syscall.O_NOFOLLOW))
-	}
-	fl := newLock()
-	ok, err := fl.TryLockContext(ctx, lockPollInterval)
-	if errors.Is(err, syscall.ELOOP) {
-		fl.Close()
-		if rerr := os.Remove(path); rerr == nil || errors.Is(rerr, fs.ErrNotExist) {
-			fl = newLock()
-			ok, err = fl.TryLockContext(ctx, lockPollInterval)
+	f, err := p.openLockFile(ctx, path)
+	if err == nil {
+		if err = lockFile(ctx, f); err != nil {
+			f.Close()
 		}
 	}
-	if err == nil && !ok {
-		err = ctx.Err()
-	}
 	if err != nil {
-		fl.Close()
 		return nil, fmt.Errorf("locking %s: %w", path, err)
 	}
-	return &Lock{fl: fl}, nil
+	return &Lock{f: f}, nil
+}
+
+// openLockFile opens the lock file at path, creating it if it is missing.
+// It opens only a regular file (openRegular: never through a symlink,
+// which would make the lock create or open a file outside the cache, and
+// never a FIFO, which would block). Anything else at the name is not a
+// lock file anybody can hold, since no lock is ever taken on one, so it is
+// replaced (replaceNonRegular) and the lock file made afresh.
+func (p Path) openLockFile(ctx context.Context, path string) (*os.File, error) {
+	const tries = 3
+	for range tries {
+		f, err := openRegular(path, os.O_RDONLY|os.O_CREATE)
+		if !errors.Is(err, errNotRegular) {
+			return f, err
+		}
+		if err := p.replaceNonRegular(ctx, path); err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("%s: %w: something else stood there again after each of %d replacements", path, errNotRegular, tries)
+}
+
+// replaceNonRegular removes what stands at path, a lock file's name in
+// ingest/, if it is anything but a regular file: a symlink, a FIFO, a
+// socket or a device is unlinked, a directory is removed only if it is
+// empty (what a directory holds is not layercache's), and a directory
+// holding files gives an error that names it.
+//
+// Lock files are never removed while they may be held (the index lock
+// never at all), because a process that locks an unlinked file and one
+// that locks its replacement would both hold "the" lock. So a removal by
+// name must never hit a lock file that another process made in place of
+// the entry this one found. Replacements are therefore serialised by a
+// flock on ingest/ itself, and the entry is looked at again under it:
+// processes that found the same FIFO remove it once between them, and
+// none of them removes the regular file that replaced it.
+func (p Path) replaceNonRegular(ctx context.Context, path string) error {
+	dir, err := openDir(p.Join(IngestDir), true)
+	if err != nil {
+		return err
+	}
+	defer dir.Close() // which releases the flock
+	if err := lockFile(ctx, dir); err != nil {
+		return err
+	}
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case fi.Mode().IsRegular():
+		return nil // replaced by another process while this one waited
+	case fi.IsDir():
+		if err := syscall.Rmdir(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("it is a directory where a lock file belongs, and it cannot be removed (%v); layercache removes no directory that holds files: move it away", err)
+		}
+		return nil
+	}
+	if err := syscall.Unlink(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("it is %s where a lock file belongs, and it cannot be removed: %w", kind(fi.Mode()), err)
+	}
+	return nil
+}
+
+// lockFile takes an exclusive flock on f, waiting until it is free or ctx
+// is done. flock(2) has no timed wait, and a blocked flock cannot be
+// interrupted, so waiting with a context means trying without blocking
+// every lockPollInterval.
+func lockFile(ctx context.Context, f *os.File) error {
+	for {
+		err := flock(f, syscall.LOCK_EX|syscall.LOCK_NB)
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return err
+		}
+		t := time.NewTimer(lockPollInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// flock applies flock(2) operation how to f, retrying on EINTR.
+func flock(f *os.File, how int) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	err = rc.Control(func(fd uintptr) {
+		for {
+			if ferr = syscall.Flock(int(fd), how); ferr != syscall.EINTR {
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if ferr != nil {
+		return &os.PathError{Op: "flock", Path: f.Name(), Err: ferr}
+	}
+	return nil
 }
 
 // Sweep removes litter from ingest/ whose modification time is before
 // cutoff: temporary files that a crashed or killed writer left behind, and
-// per-digest lock files that nobody holds. It never removes the index lock.
-// A live writer's temp file is younger than any sensible cutoff (callers use
-// an hour), so Sweep does not race with writers in practice; if it did, the
-// writer's rename would fail and it would report an error, never publish a
-// partial blob. It returns how many files it removed.
+// per-digest lock files that nobody holds. It removes only files named as
+// layercache names them (isTempName, isBlobLockName), never the index and
+// stats locks, never a directory (whatever its name) and never anything in
+// one: whatever else is in ingest/ was put there by someone else, and is
+// not Sweep's to remove. A live writer's temp file is younger than any
+// sensible cutoff (callers use an hour), so Sweep does not race with
+// writers in practice; if it did, the writer's rename would fail and it
+// would report an error, never publish a partial blob. It returns how many
+// files it removed.
 func (p Path) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 	dir := p.Join(IngestDir)
 	if err := CheckDir(dir); err != nil {
 		return 0, fmt.Errorf("sweeping: %w", err)
 	}
-	entries, err := os.ReadDir(dir)
+	entries, err := readDir(dir, true)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
 	}
@@ -141,35 +293,53 @@ func (p Path) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 			return removed, err
 		}
 		name := e.Name()
-		if name == indexLockName || name == statsLockName {
-			continue
+		temp, lock := isTempName(name), isBlobLockName(name)
+		if !temp && !lock || e.IsDir() {
+			continue // not a file of ours
 		}
 		fi, err := e.Info()
-		if err != nil || !fi.ModTime().Before(cutoff) {
+		if err != nil || fi.IsDir() || !fi.ModTime().Before(cutoff) {
 			continue
 		}
 		path := p.Join(IngestDir, name)
-		if strings.HasSuffix(name, lockSuffix) && fi.Mode().IsRegular() {
-			// Remove a lock file only while holding it, so a current
-			// holder keeps it. A process that opened the file just
-			// before the removal may lock the unlinked inode; the cost is
-			// at worst one duplicate download, never a wrong blob.
-			fl := flock.New(path, flock.SetFlag(os.O_RDONLY|syscall.O_NOFOLLOW))
-			ok, err := fl.TryLock()
-			if err != nil || !ok {
-				fl.Close()
-				continue
-			}
-			if os.Remove(path) == nil {
+		if lock {
+			if fi.Mode().IsRegular() && removeUnheldLock(path) {
 				removed++
 			}
-			fl.Unlock()
-			fl.Close()
 			continue
 		}
-		if os.RemoveAll(path) == nil {
+		// unlink(2), not os.Remove: it never removes a directory, even
+		// one made at this name since the entry was read.
+		if syscall.Unlink(path) == nil {
 			removed++
 		}
 	}
 	return removed, nil
+}
+
+// removeUnheldLock removes the lock file at path if nobody holds it, and
+// reports whether it did. It removes the file only while holding it, so a
+// current holder keeps it. A process that opened the file just before the
+// removal may lock the unlinked inode; the cost is at worst one duplicate
+// download, never a wrong blob. Anything but a regular file at path (a
+// FIFO, a symlink) is left for lock to replace.
+func removeUnheldLock(path string) bool {
+	f, err := openRegular(path, os.O_RDONLY)
+	if err != nil {
+		return false
+	}
+	defer f.Close() // which releases the flock
+	if flock(f, syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+		return false
+	}
+	// Another sweep may have removed the file since it was opened, and a
+	// locker made a new one at its name: remove only the file held.
+	held, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	if cur, err := os.Lstat(path); err != nil || !os.SameFile(held, cur) {
+		return false
+	}
+	return syscall.Unlink(path) == nil
 }

@@ -44,6 +44,22 @@ func TestCreateTemp(t *testing.T) {
 	}
 }
 
+// CreateTemp makes only names that Sweep recognises as its own, so it
+// refuses any other pattern and creates nothing.
+func TestCreateTemp_RefusesForeignPattern(t *testing.T) {
+	p := newLayout(t)
+	for _, pattern := range []string{"data-*", "*", "blob-*-x", "blob-**", "index.json*", "oci-layout.*.part"} {
+		if f, err := p.CreateTemp(pattern); err == nil {
+			f.Close()
+			t.Errorf("CreateTemp(%q) made %s, which Sweep would never remove", pattern, f.Name())
+		}
+	}
+	entries, err := os.ReadDir(p.Join(layout.IngestDir))
+	if err != nil || len(entries) != 0 {
+		t.Errorf("ingest/ after refused CreateTemp calls: %d entries (%v), want none", len(entries), err)
+	}
+}
+
 func TestCreateTemp_IngestRemovedByHand(t *testing.T) {
 	p := newLayout(t)
 	if err := os.RemoveAll(p.Join(layout.IngestDir)); err != nil {
@@ -246,9 +262,9 @@ func TestSweep(t *testing.T) {
 	}{
 		{"blob-1.tmp", true, false, "old temp file of a crashed writer"},
 		{"blob-2.tmp", false, true, "young temp file of a live writer"},
-		{"leftover", true, false, "old file of unknown kind is litter too"},
+		{"leftover", true, true, "old file of a name layercache never gives is not ours"},
 		{"newcomer", false, true, "young file of unknown kind"},
-		{"dir.tmp", true, false, "old directory, with its content"},
+		{"blob-dir.tmp", true, true, "old directory at a temp file's name: layercache makes no directory here"},
 		{lockName(digestA), true, true, "old lock that is held"},
 		{lockName(digestB), true, false, "old lock that nobody holds"},
 		{lockName(youngUnheld), false, true, "young lock that nobody holds"},
@@ -257,7 +273,7 @@ func TestSweep(t *testing.T) {
 	}
 	for _, f := range files {
 		switch {
-		case f.name == "dir.tmp":
+		case f.name == "blob-dir.tmp":
 			writeFile(t, filepath.Join(ingest(f.name), "inner"), "x")
 		case !exists(t, ingest(f.name)):
 			writeFile(t, ingest(f.name), "x")

@@ -20,15 +20,14 @@
 package layout
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	"github.com/ocibuild/layercache/internal/faultpoint"
 )
@@ -63,12 +62,15 @@ func (p Path) Join(elem ...string) string {
 // Create makes dir a layout, or reuses it if it already is one. A missing or
 // empty directory is initialised; a directory holding an oci-layout file is
 // reused (missing blobs/ and ingest/ folders are created where the directory
-// is writable); any other non-empty directory is refused with ErrNotLayout.
-// A path that exists but is not a directory is refused too.
+// is writable); a directory holding only what a Create interrupted before it
+// wrote oci-layout leaves (see foreignEntry) is finished. Any other
+// directory is refused with ErrNotLayout, and nothing in it is changed: a
+// folder of someone's files is never adopted because its entries have a
+// layout's names. A path that exists but is not a directory is refused too.
 //
 // Create is safe to call from many processes at once: the layout files are
 // published by rename, so a concurrent caller sees either no oci-layout file
-// or a whole one.
+// or a whole one, and what it sees before that is what foreignEntry accepts.
 func Create(dir string) (Path, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -92,13 +94,22 @@ func Create(dir string) (Path, error) {
 		return "", err
 	}
 	if !isLayout {
-		entries, err := os.ReadDir(abs)
+		foreign, err := p.foreignEntry()
 		if err != nil {
-			return "", fmt.Errorf("cache dir %s: %w", abs, err)
+			return "", err
 		}
-		if !onlyOurs(entries) {
-			return "", fmt.Errorf("cache dir %s: %w: it holds other files (%s, ...) and no %s; refusing to use it",
-				abs, ErrNotLayout, entries[0].Name(), LayoutFile)
+		if foreign != "" {
+			// Another process creating this cache may have finished
+			// since isLayout looked, and then made files a partial
+			// layout does not hold (blobs, refs). oci-layout is written
+			// last and never removed, so looking again tells.
+			if isLayout, err = p.isLayout(); err != nil {
+				return "", err
+			}
+		}
+		if foreign != "" && !isLayout {
+			return "", fmt.Errorf("cache dir %s: %w: it has no %s and holds %s, which layercache did not create; refusing to use it",
+				abs, ErrNotLayout, LayoutFile, foreign)
 		}
 	}
 	if err := p.ensureDirs(); err != nil {
@@ -161,20 +172,64 @@ func CheckDir(dir string) error {
 	return fmt.Errorf("%w: %s is a %v, not a directory; refusing to use it", ErrNotLayout, dir, fi.Mode().Type())
 }
 
-// onlyOurs reports whether a directory without oci-layout holds nothing but
-// what an interrupted Create of ours leaves behind (ingest/, blobs/,
-// index.json), so that Create can finish the job. oci-layout itself counts
-// too: another process creating the same cache may have written it since
-// Create looked for it.
-func onlyOurs(entries []fs.DirEntry) bool {
+// foreignEntry returns the first entry of a directory without oci-layout
+// (relative to the root) that a Create of layercache, interrupted before it
+// wrote oci-layout, does not leave; or "" if there is none, so that Create
+// may finish the job. A directory whose entries merely have a layout's
+// names is someone else's: Create would fill it, and Sweep would act in
+// its ingest/. So the rule is what Create makes, in the order it makes it:
+//
+//   - blobs/: a real, empty directory (blobs/<alg> folders are made by the
+//     first write of a blob, after oci-layout exists);
+//   - ingest/: a real directory holding only regular files named as
+//     layercache names its temp and lock files (isIngestName);
+//   - index.json: a regular file holding exactly the empty index that
+//     initIndex writes.
+//
+// Anything else, oci-layout included (another process may have written it
+// since Create looked for it), is returned, and Create looks for
+// oci-layout again before it refuses the directory. An empty directory
+// has no foreign entry.
+func (p Path) foreignEntry() (string, error) {
+	entries, err := readDir(string(p), false)
+	if err != nil {
+		return "", fmt.Errorf("cache dir %s: %w", p, err)
+	}
 	for _, e := range entries {
-		switch e.Name() {
-		case IngestDir, BlobsDir, IndexFile, StatsFile, LayoutFile, CorruptIndexFile:
+		name := e.Name()
+		switch {
+		case name == BlobsDir && e.IsDir():
+			inner, err := readDir(p.Join(name), true)
+			if err != nil {
+				return name, nil
+			}
+			if len(inner) > 0 {
+				return name + "/" + inner[0].Name(), nil
+			}
+		case name == IngestDir && e.IsDir():
+			inner, err := readDir(p.Join(name), true)
+			if err != nil {
+				return name, nil
+			}
+			for _, f := range inner {
+				if !f.Type().IsRegular() || !isIngestName(f.Name()) {
+					return name + "/" + f.Name(), nil
+				}
+			}
+		case name == IndexFile && e.Type().IsRegular():
+			want, err := emptyIndexJSON()
+			if err != nil {
+				return "", err
+			}
+			b, err := readSmallFile(p.Join(name), int64(len(want)))
+			if err != nil || !bytes.Equal(b, want) {
+				return name, nil
+			}
 		default:
-			return false
+			return name, nil
 		}
 	}
-	return true
+	return "", nil
 }
 
 func (p Path) isLayout() (bool, error) {
@@ -224,7 +279,7 @@ func (p Path) initIndex() error {
 	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	b, err := json.Marshal(emptyIndex())
+	b, err := emptyIndexJSON()
 	if err != nil {
 		return err
 	}
@@ -307,47 +362,4 @@ func (p Path) replaceFile(name string, data []byte, durable bool) error {
 		return nil
 	}
 	return SyncDir(string(p))
-}
-
-// errNotRegular is what readSmallFile returns for a symlink, a directory,
-// a FIFO or a device at the path of one of the layout's files.
-var errNotRegular = errors.New("not a regular file")
-
-// readSmallFile reads the layout file at path, at most limit+1 bytes (so a
-// caller can tell a file over the limit). It never follows a symlink at
-// path and never blocks on a FIFO planted there: a hostile entry gives an
-// error wrapping errNotRegular, and its target is never read.
-func readSmallFile(path string, limit int64) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, syscall.ELOOP) {
-		return nil, fmt.Errorf("%s: %w: it is a symlink", path, errNotRegular)
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: %w (%v)", path, errNotRegular, fi.Mode().Type())
-	}
-	return io.ReadAll(io.LimitReader(f, limit+1))
-}
-
-// SyncDir fsyncs a directory, so that a rename into it survives a power loss.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	return nil
 }

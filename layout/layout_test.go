@@ -129,13 +129,6 @@ func TestCreate(t *testing.T) {
 			},
 		},
 		{
-			name: "a stats file alone (layout removed by hand, counters kept) is ours",
-			setup: func(t *testing.T, dir string) string {
-				writeFile(t, filepath.Join(dir, layout.StatsFile), `{"hits":1}`)
-				return dir
-			},
-		},
-		{
 			name: "relative path becomes absolute",
 			setup: func(t *testing.T, dir string) string {
 				t.Chdir(dir)

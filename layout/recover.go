@@ -68,12 +68,14 @@ func (p Path) RepairIndex(ctx context.Context) (rebuilt bool, images int, err er
 func (p Path) rebuildIndex(ctx context.Context) (ocispec.Index, error) {
 	bad, corrupt := p.Join(IndexFile), p.Join(CorruptIndexFile)
 	// Keep the last bad file only; whatever it is (a file, a symlink, a
-	// directory), it is moved or removed, never followed.
-	if err := os.RemoveAll(corrupt); err != nil {
+	// directory), it is moved or removed, never followed. os.Remove, not
+	// RemoveAll: a directory is removed only if it is empty, since what
+	// is in one was not written by layercache.
+	if err := os.Remove(corrupt); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return ocispec.Index{}, fmt.Errorf("setting %s aside: %w", bad, err)
 	}
 	if err := os.Rename(bad, corrupt); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		if err := os.RemoveAll(bad); err != nil {
+		if err := os.Remove(bad); err != nil {
 			return ocispec.Index{}, fmt.Errorf("setting %s aside: %w", bad, err)
 		}
 	}
@@ -100,7 +102,7 @@ func (p Path) storedImages(ctx context.Context) ([]ocispec.Descriptor, error) {
 		if CheckDir(dir) != nil {
 			continue
 		}
-		entries, err := os.ReadDir(dir)
+		entries, err := readDir(dir, true)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}

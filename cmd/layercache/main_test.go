@@ -68,6 +68,8 @@ func TestScripts(t *testing.T) {
 			"calc":     cmdCalc,
 			"json":     cmdJSON,
 			"lines":    cmdLines,
+			"chtimes":  cmdChtimes,
+			"mkfifo":   cmdMkfifo,
 		},
 	})
 }
