@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,7 +28,9 @@ func TestRegistryFaults(t *testing.T) {
 	fx0 := pushImage(t, reg, regtest.NewProxy(t, reg.Addr), "faults/img:v1", 80<<10, 600<<10, 20<<10)
 	m := must(fx0.img.Manifest())
 	bad := m.Layers[1] // 600 KiB, so a cut at 100 KiB falls mid-body
-	const slow = 10 * time.Second
+	// slow is a latency no operation waits out: the caller's deadline
+	// passes long before, and a correct operation returns then.
+	const slow = time.Minute
 
 	isStatus := func(code int) func(error) bool {
 		return func(err error) bool {
@@ -38,8 +41,9 @@ func TestRegistryFaults(t *testing.T) {
 	faults := []struct {
 		name  string
 		fault regtest.Fault
-		// timeout bounds the whole operation, when set.
-		timeout time.Duration
+		// deadline: the caller's deadline passes once the request the
+		// fault applies to has reached the proxy (see cueDeadline).
+		deadline bool
 		// ok says the operation must succeed; else match judges its error.
 		ok    bool
 		match func(error) bool
@@ -65,7 +69,7 @@ func TestRegistryFaults(t *testing.T) {
 		{name: "FlippedByte", fault: regtest.FlipByte(300 << 10),
 			match: func(err error) bool { return errors.Is(err, store.ErrDigestMismatch) }, fired: 1},
 		// A registry slower than the caller is willing to wait.
-		{name: "SlowerThanDeadline", fault: regtest.Latency(slow), timeout: 2 * time.Second,
+		{name: "SlowerThanDeadline", fault: regtest.Latency(slow), deadline: true,
 			match: func(err error) bool { return errors.Is(err, context.DeadlineExceeded) }, fired: 1},
 		// A slow registry that still answers in time.
 		{name: "Slow", fault: regtest.Latency(150 * time.Millisecond), ok: true, fired: 1},
@@ -102,16 +106,20 @@ func TestRegistryFaults(t *testing.T) {
 				in := p.Inject(tc.fault.Only(regtest.IsBlobGet).Only(regtest.HasDigest(bad.Digest.String())))
 
 				ctx := t.Context()
-				if tc.timeout > 0 {
-					var cancel context.CancelFunc
-					ctx, cancel = context.WithTimeout(ctx, tc.timeout)
-					defer cancel()
+				if tc.deadline {
+					cd := newCueDeadline(ctx)
+					ctx = cd
+					go func() {
+						if in.Await(cd, 1) == nil {
+							cd.expire()
+						}
+					}()
 				}
 				start := time.Now()
 				err := op.run(t, ctx, s, &fx)
 				t.Logf("%s: %v (after %v)", op.name, err, time.Since(start).Round(time.Millisecond))
-				if tc.timeout > 0 && time.Since(start) >= slow {
-					t.Errorf("took %v: the deadline of %v did not stop the wait", time.Since(start), tc.timeout)
+				if tc.deadline && time.Since(start) >= slow {
+					t.Errorf("took %v: the deadline did not stop the wait", time.Since(start))
 				}
 				if got := in.Fired(); (tc.fired >= 0 && got != tc.fired) || got == 0 {
 					t.Errorf("fault fired %d times, want %d", got, tc.fired)
@@ -146,5 +154,37 @@ func TestRegistryFaults(t *testing.T) {
 				assertStoreSound(t, s)
 			})
 		}
+	}
+}
+
+// cueDeadline is a context whose deadline passes when expire is called,
+// or when its parent ends: Done closes, and Err is
+// context.DeadlineExceeded, as with context.WithTimeout. A test expires it
+// once the operation is where the test wants the deadline to find it (a
+// request held by the registry), which a timeout set at the start reaches
+// at a moment a busy machine decides: before the operation got there, or
+// well after.
+type cueDeadline struct {
+	context.Context
+	done chan struct{}
+	once sync.Once
+}
+
+func newCueDeadline(parent context.Context) *cueDeadline {
+	c := &cueDeadline{Context: parent, done: make(chan struct{})}
+	context.AfterFunc(parent, c.expire)
+	return c
+}
+
+func (c *cueDeadline) expire() { c.once.Do(func() { close(c.done) }) }
+
+func (c *cueDeadline) Done() <-chan struct{} { return c.done }
+
+func (c *cueDeadline) Err() error {
+	select {
+	case <-c.done:
+		return context.DeadlineExceeded
+	default:
+		return nil
 	}
 }

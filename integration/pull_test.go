@@ -1,8 +1,11 @@
 package integration_test
 
 import (
+	"context"
+	"net/http"
 	"slices"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
@@ -242,7 +245,23 @@ func TestWarm_ImageThenPull(t *testing.T) {
 			fx := pushImage(t, reg, p, "warm/img:v1", 200<<10, 50<<10)
 			s := openStore(t)
 
-			rep, err := remotecache.Warm(t.Context(), fx.tag, s, opts(t)...)
+			ctx := t.Context()
+			if mode == "anonymous" {
+				// The Warm sends its GET by tag beside ggcr's ping, and
+				// gives it up if it has no answer a while after the
+				// ping's; ggcr then asks again: two manifest GETs,
+				// on a machine busy enough. The ping is answered only
+				// once the GET has been, so the GET's answer is first.
+				gate := regtest.NewGate()
+				p.Inject(regtest.HoldUntil(gate).Only(func(r *http.Request) bool { return r.URL.Path == "/v2/" }))
+				p.Inject(regtest.OpenAfter(gate).Only(regtest.IsManifestGet))
+				// A Warm that sent no GET beside the ping would wait
+				// for it forever.
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, time.Minute)
+				defer cancel()
+			}
+			rep, err := remotecache.Warm(ctx, fx.tag, s, opts(t)...)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,6 +1,7 @@
 package integration_test
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -295,6 +296,75 @@ func TestHarness(t *testing.T) {
 		}
 		if failed == 0 || failed == n || int64(failed) != in.Fired() {
 			t.Errorf("%d of %d requests failed, fault fired %d times; want some but not all, and equal", failed, n, in.Fired())
+		}
+	})
+
+	// A Gate orders two requests sent at once: the ping is held until the
+	// manifest GET has been answered.
+	t.Run("HoldUntilOpenAfter", func(t *testing.T) {
+		gate := regtest.NewGate()
+		held := p.Inject(regtest.HoldUntil(gate).Only(func(r *http.Request) bool { return r.URL.Path == "/v2/" }))
+		defer held.Remove()
+		opener := p.Inject(regtest.OpenAfter(gate).Only(regtest.IsManifestGet))
+		defer opener.Remove()
+		client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+		pinged := make(chan error, 1)
+		go func() {
+			resp, err := client.Get(p.URL + "/v2/")
+			if err == nil {
+				resp.Body.Close()
+			}
+			pinged <- err
+		}()
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		if err := held.Await(ctx, 1); err != nil {
+			t.Fatalf("the ping never reached the proxy: %v", err)
+		}
+		select {
+		case err := <-pinged:
+			t.Fatalf("the ping was answered (%v) with the gate closed", err)
+		default:
+		}
+		resp, err := client.Get(p.URL + "/v2/smoke/img/manifests/v1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err := <-pinged; err != nil {
+			t.Errorf("ping: %v", err)
+		}
+		if held.Fired() != 1 || opener.Fired() != 1 {
+			t.Errorf("hold fired %d times, open %d times; want 1 and 1", held.Fired(), opener.Fired())
+		}
+	})
+
+	// A request that arrived before a Reset counts before it, whatever its
+	// handler does after: here, the whole blob written once the counts
+	// were reset.
+	t.Run("ResetWhileInFlight", func(t *testing.T) {
+		gate := regtest.NewGate()
+		in := p.Inject(regtest.HoldUntil(gate).Only(regtest.IsBlobGet).Only(regtest.HasDigest(big.String())))
+		defer in.Remove()
+		defer gate.Open()
+		read := make(chan error, 1)
+		go func() {
+			_, err := readLayer(t, p, "smoke/img", big)
+			read <- err
+		}()
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		if err := in.Await(ctx, 1); err != nil {
+			t.Fatalf("the blob GET never reached the proxy: %v", err)
+		}
+		p.Reset()
+		gate.Open()
+		if err := <-read; err != nil {
+			t.Fatal(err)
+		}
+		if s := p.Stats(); s.BlobGets != 0 || s.BlobBytes != 0 {
+			t.Errorf("stats %+v after a Reset while the blob GET was held; want it counted before the Reset, none after", s)
 		}
 	})
 

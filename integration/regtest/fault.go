@@ -2,6 +2,7 @@ package regtest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -24,6 +25,8 @@ const (
 	kindTruncate                      // forward, cut the body, close the connection
 	kindFlip                          // forward, flip one body byte
 	kindMutate                        // forward, rewrite the JSON body
+	kindHold                          // wait for a gate to open, then forward
+	kindOpen                          // forward, then open a gate
 )
 
 var kindNames = map[faultKind]string{
@@ -33,17 +36,21 @@ var kindNames = map[faultKind]string{
 	kindTruncate: "truncate",
 	kindFlip:     "flip",
 	kindMutate:   "mutate-json",
+	kindHold:     "hold",
+	kindOpen:     "open",
 }
 
 // A Fault is a misbehaviour of a Proxy. Make one with Status, Latency,
-// ResetAfter, TruncateAfter, FlipByte or MutateJSON, narrow it with Only,
-// Times and Rate, and turn it on with Proxy.Inject.
+// ResetAfter, TruncateAfter, FlipByte, MutateJSON, HoldUntil or OpenAfter,
+// narrow it with Only, Times and Rate, and turn it on with Proxy.Inject.
 //
 // By default a fault applies to every request. Several faults can be on at
 // once; for each request the proxy goes through them in the order they were
 // injected: latencies add up, the first Status that applies answers the
 // request (the faults after it are not considered), the first ResetAfter or
 // TruncateAfter cuts the body, and every FlipByte and MutateJSON is applied.
+// A request waits for every gate a HoldUntil names before anything else,
+// and opens the gates of every OpenAfter once it has been answered.
 //
 // A Fault is a value: its methods return a changed copy.
 type Fault struct {
@@ -52,6 +59,7 @@ type Fault struct {
 	n      int64 // ResetAfter/TruncateAfter: bytes let through; FlipByte: offset
 	delay  time.Duration
 	mutate func(doc map[string]any)
+	gate   *Gate
 	match  []func(*http.Request) bool
 	times  int64
 	rate   float64
@@ -105,6 +113,37 @@ func FlipByte(offset int64) Fault { return Fault{kind: kindFlip, n: offset} }
 // digest or size, or drop a layer.
 func MutateJSON(f func(doc map[string]any)) Fault { return Fault{kind: kindMutate, mutate: f} }
 
+// A Gate orders requests that a client sends at once, without a clock:
+// HoldUntil holds requests until it is open, OpenAfter opens it once a
+// request has been answered. A Gate opens once and stays open.
+type Gate struct {
+	once sync.Once
+	open chan struct{}
+}
+
+// NewGate returns a closed gate.
+func NewGate() *Gate { return &Gate{open: make(chan struct{})} }
+
+// Open opens g, if it is not open yet. The requests it holds go on.
+func (g *Gate) Open() { g.once.Do(func() { close(g.open) }) }
+
+// Opened is closed once g is open.
+func (g *Gate) Opened() <-chan struct{} { return g.open }
+
+// HoldUntil holds matching requests until g is open, then goes on with
+// them (the faults after it apply as usual). The wait ends early if the
+// client gives up on the request, which then gets no answer.
+//
+// For instance, HoldUntil(g).Only(ping) with OpenAfter(g).Only(IsManifestGet)
+// answers a client's GET /v2/ only after the manifest GET it sent beside
+// it has been answered.
+func HoldUntil(g *Gate) Fault { return Fault{kind: kindHold, gate: g} }
+
+// OpenAfter forwards matching requests as usual and opens g once the first
+// of them has been answered: its handler has returned, with the answer
+// flushed to the client (or the connection cut, if a fault cut it).
+func OpenAfter(g *Gate) Fault { return Fault{kind: kindOpen, gate: g} }
+
 // Only restricts the fault to requests for which match returns true. Calling
 // Only again adds a condition: all must hold. IsBlobGet, IsManifestGet,
 // IsUpload and HasDigest are ready-made conditions.
@@ -137,10 +176,11 @@ func (f Fault) String() string { return kindNames[f.kind] }
 type Injection struct {
 	fault Fault
 
-	mu    sync.Mutex
-	fired int64
-	rng   *rand.Rand
-	gone  bool
+	mu      sync.Mutex
+	fired   int64
+	rng     *rand.Rand
+	gone    bool
+	changed chan struct{} // closed, and replaced, when fired grows
 }
 
 // Fired returns how many requests the fault has applied to so far.
@@ -148,6 +188,26 @@ func (in *Injection) Fired() int64 {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	return in.fired
+}
+
+// Await waits until the fault has applied to n requests (Fired() >= n),
+// or ctx ends, whose error it then returns. A fault applies when the
+// proxy has received the request, before it acts on it: a request held by
+// Latency or HoldUntil is then in flight.
+func (in *Injection) Await(ctx context.Context, n int64) error {
+	for {
+		in.mu.Lock()
+		fired, changed := in.fired, in.changed
+		in.mu.Unlock()
+		if fired >= n {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // fire reports whether the fault applies to r, and counts it if so.
@@ -166,12 +226,16 @@ func (in *Injection) fire(r *http.Request) bool {
 		return false
 	}
 	in.fired++
+	close(in.changed)
+	in.changed = make(chan struct{})
 	return true
 }
 
 // plan is what the faults that fired do to one request.
 type plan struct {
 	names   []string
+	holds   []*Gate // HoldUntil
+	opens   []*Gate // OpenAfter
 	delay   time.Duration
 	status  int
 	cut     *Fault // ResetAfter or TruncateAfter

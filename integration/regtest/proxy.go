@@ -50,7 +50,10 @@ func HasDigest(d string) func(*http.Request) bool {
 }
 
 // Stats counts what went through a Proxy since it started or was last Reset.
-// Every request is counted when it arrives, before any fault applies to it.
+// Every request is counted when it arrives, before any fault applies to it,
+// and in the counts of the Reset it arrived after: what the handler of a
+// request that arrived before a Reset does later (write the rest of a body
+// to a client that gave up, say) does not count after it.
 type Stats struct {
 	// Requests counts every request.
 	Requests int64
@@ -103,7 +106,7 @@ type Proxy struct {
 	srv *httptest.Server
 	rp  *httputil.ReverseProxy
 	tr  *http.Transport
-	c   counters
+	c   atomic.Pointer[counters] // replaced by Reset
 
 	mu     sync.Mutex
 	faults []*Injection
@@ -142,6 +145,7 @@ func NewProxy(t testing.TB, target string) *Proxy {
 		ErrorHandler:   p.upstreamError,
 		ErrorLog:       log.New(io.Discard, "", 0),
 	}
+	p.c.Store(new(counters))
 	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
 	p.URL = p.srv.URL
 	p.Addr = strings.TrimPrefix(p.srv.URL, "http://")
@@ -164,27 +168,24 @@ func (p *Proxy) Close() {
 
 // Stats returns the counts since the proxy started or was last Reset.
 func (p *Proxy) Stats() Stats {
+	c := p.c.Load()
 	return Stats{
-		Requests:      p.c.requests.Load(),
-		BlobGets:      p.c.blobGets.Load(),
-		BlobHeads:     p.c.blobHeads.Load(),
-		BlobBytes:     p.c.blobBytes.Load(),
-		ManifestGets:  p.c.manifestGets.Load(),
-		ManifestHeads: p.c.manifestHeads.Load(),
-		BlobUploads:   p.c.blobUploads.Load(),
-		Mounts:        p.c.mounts.Load(),
+		Requests:      c.requests.Load(),
+		BlobGets:      c.blobGets.Load(),
+		BlobHeads:     c.blobHeads.Load(),
+		BlobBytes:     c.blobBytes.Load(),
+		ManifestGets:  c.manifestGets.Load(),
+		ManifestHeads: c.manifestHeads.Load(),
+		BlobUploads:   c.blobUploads.Load(),
+		Mounts:        c.mounts.Load(),
 	}
 }
 
 // Reset sets every count to zero and forgets the request log. It leaves the
-// faults on.
+// faults on. Requests in flight go on counting in the counts Reset ended,
+// not in the new ones.
 func (p *Proxy) Reset() {
-	for _, c := range []*atomic.Int64{
-		&p.c.requests, &p.c.blobGets, &p.c.blobHeads, &p.c.blobBytes,
-		&p.c.manifestGets, &p.c.manifestHeads, &p.c.blobUploads, &p.c.mounts,
-	} {
-		c.Store(0)
-	}
+	p.c.Store(new(counters))
 	p.mu.Lock()
 	p.log, p.next = nil, 0
 	p.mu.Unlock()
@@ -194,7 +195,7 @@ func (p *Proxy) Reset() {
 // count how often it applied and to turn it off. It affects requests that
 // arrive after it returns.
 func (p *Proxy) Inject(f Fault) *Injection {
-	in := &Injection{fault: f, rng: rand.New(rand.NewPCG(1, 2))}
+	in := &Injection{fault: f, rng: rand.New(rand.NewPCG(1, 2)), changed: make(chan struct{})}
 	p.mu.Lock()
 	p.faults = append(p.faults, in)
 	p.mu.Unlock()
@@ -223,15 +224,40 @@ func (p *Proxy) ClearFaults() {
 type planKey struct{}
 
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
-	p.count(r)
+	c := p.c.Load()
+	p.count(r, c)
 	pl := p.plan(r)
 
 	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 	if IsBlobGet(r) {
-		rec.bytes = &p.c.blobBytes
+		rec.bytes = &c.blobBytes
 	}
 	defer func() { p.logRequest(r, rec, pl) }()
 
+	// forwarded: the request got past its holds and delays; answered:
+	// and its handler returned (a cut panics instead).
+	forwarded, answered := false, false
+	if len(pl.opens) > 0 {
+		defer func() {
+			if !forwarded {
+				return // given up by its client, unanswered
+			}
+			if answered {
+				// Out of the server's buffers before anyone is let go.
+				_ = http.NewResponseController(rec).Flush()
+			}
+			for _, g := range pl.opens {
+				g.Open()
+			}
+		}()
+	}
+	for _, g := range pl.holds {
+		select {
+		case <-g.open:
+		case <-r.Context().Done():
+			return
+		}
+	}
 	if pl.delay > 0 {
 		t := time.NewTimer(pl.delay)
 		select {
@@ -241,8 +267,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	forwarded = true
 	if pl.status != 0 {
 		writeStatus(rec, r, pl.status)
+		answered = true
 		return
 	}
 	var out http.ResponseWriter = rec
@@ -256,6 +284,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	// http.ErrAbortHandler, which the server takes quietly; the deferred
 	// log entry is still written.
 	p.rp.ServeHTTP(out, r)
+	answered = true
 }
 
 // modifyResponse applies the FlipByte and MutateJSON faults that serve put
@@ -280,24 +309,24 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	w.WriteHeader(http.StatusBadGateway)
 }
 
-// count updates the counters for a request that just arrived.
-func (p *Proxy) count(r *http.Request) {
-	p.c.requests.Add(1)
+// count updates the counters c for a request that just arrived.
+func (p *Proxy) count(r *http.Request, c *counters) {
+	c.requests.Add(1)
 	path, q := r.URL.Path, r.URL.Query()
 	switch {
 	case blobPath.MatchString(path) && r.Method == http.MethodGet:
-		p.c.blobGets.Add(1)
+		c.blobGets.Add(1)
 	case blobPath.MatchString(path) && r.Method == http.MethodHead:
-		p.c.blobHeads.Add(1)
+		c.blobHeads.Add(1)
 	case manifestPath.MatchString(path) && r.Method == http.MethodGet:
-		p.c.manifestGets.Add(1)
+		c.manifestGets.Add(1)
 	case manifestPath.MatchString(path) && r.Method == http.MethodHead:
-		p.c.manifestHeads.Add(1)
+		c.manifestHeads.Add(1)
 	case uploadPath.MatchString(path) && r.Method == http.MethodPost && q.Has("mount"):
-		p.c.mounts.Add(1)
+		c.mounts.Add(1)
 	case uploadPath.MatchString(path) && q.Has("digest") &&
 		(r.Method == http.MethodPut || r.Method == http.MethodPost):
-		p.c.blobUploads.Add(1)
+		c.blobUploads.Add(1)
 	}
 }
 
@@ -314,6 +343,10 @@ func (p *Proxy) plan(r *http.Request) *plan {
 		f := in.fault
 		pl.names = append(pl.names, f.String())
 		switch f.kind {
+		case kindHold:
+			pl.holds = append(pl.holds, f.gate)
+		case kindOpen:
+			pl.opens = append(pl.opens, f.gate)
 		case kindLatency:
 			pl.delay += f.delay
 		case kindStatus:

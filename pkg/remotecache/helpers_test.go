@@ -59,12 +59,20 @@ type fault func(w http.ResponseWriter, r *http.Request, next http.Handler)
 // what the tests assert on (blob GETs and bytes, manifest GETs, uploads,
 // mounts) and injects faults into blob GETs, as ggcr's
 // remote/error_roundtrip_test.go does.
+//
+// A request is counted when it arrives, and a body's bytes before they are
+// written, so a client that has its answer finds it counted: counters read
+// once a pull has returned are complete. A request belongs to the reset
+// it arrived after: the bytes a handler of an earlier one writes later (a
+// fault still writing to a client that gave up) are not counted.
 type testRegistry struct {
 	reg  http.Handler
 	srv  *httptest.Server
 	host string
 
 	mu            sync.Mutex
+	gen           int            // reset's count: the phase a request belongs to
+	changed       chan struct{}  // closed, and replaced, when a request arrives
 	requests      int            // every request
 	blobGets      map[string]int // digest → GETs of /v2/<repo>/blobs/<digest>
 	blobBytes     int64          // body bytes sent for those GETs
@@ -98,6 +106,10 @@ func newTestRegistry(t testing.TB) *testRegistry {
 func (r *testRegistry) reset() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.gen++
+	if r.changed == nil {
+		r.changed = make(chan struct{})
+	}
 	r.requests, r.blobBytes, r.blobHeads, r.manifestHeads = 0, 0, 0, 0
 	r.blobGets = map[string]int{}
 	r.manifestGets = map[string]int{}
@@ -166,9 +178,43 @@ func (r *testRegistry) requestCount() int {
 	return r.requests
 }
 
+// stuck is how long a test waits for what a correct program does in
+// milliseconds before it calls the wait a hang. Only a hang takes that
+// long; no outcome depends on it otherwise.
+const stuck = time.Minute
+
+// await waits until cond, called with r.mu held, holds: it is checked
+// each time a request arrives and has been counted. It fails the test if
+// cond does not hold within stuck.
+func (r *testRegistry) await(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	timeout := time.NewTimer(stuck)
+	defer timeout.Stop()
+	for {
+		r.mu.Lock()
+		ok, changed := cond(), r.changed
+		r.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			t.Fatalf("waited %v for %s", stuck, what)
+		}
+	}
+}
+
+// arrived tells await that a request has been counted. r.mu must be held.
+func (r *testRegistry) arrived() {
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
 func (r *testRegistry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	r.mu.Lock()
 	r.requests++
+	r.arrived()
 	r.mu.Unlock()
 	p := req.URL.Path
 	if m := storagePath.FindStringSubmatch(p); m != nil {
@@ -191,6 +237,7 @@ func (r *testRegistry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		case http.MethodHead:
 			r.manifestHeads++
 		}
+		r.arrived()
 		r.mu.Unlock()
 	}
 	r.reg.ServeHTTP(w, req)
@@ -198,6 +245,7 @@ func (r *testRegistry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 
 func (r *testRegistry) serveBlob(w http.ResponseWriter, req *http.Request, repo, d string) {
 	r.mu.Lock()
+	gen := r.gen
 	switch req.Method {
 	case http.MethodGet:
 		r.blobGets[d]++
@@ -210,6 +258,7 @@ func (r *testRegistry) serveBlob(w http.ResponseWriter, req *http.Request, repo,
 		}
 	}
 	f := r.faults[d]
+	r.arrived()
 	r.mu.Unlock()
 	if req.Method != http.MethodGet {
 		r.reg.ServeHTTP(w, req)
@@ -219,7 +268,9 @@ func (r *testRegistry) serveBlob(w http.ResponseWriter, req *http.Request, repo,
 	// them, so that a test reading the counters after its reads sees all.
 	cw := &countingWriter{ResponseWriter: w, onWrite: func(n int) {
 		r.mu.Lock()
-		r.blobBytes += int64(n)
+		if r.gen == gen {
+			r.blobBytes += int64(n)
+		}
 		r.mu.Unlock()
 	}}
 	if f != nil {
@@ -234,6 +285,7 @@ func (r *testRegistry) serveBlob(w http.ResponseWriter, req *http.Request, repo,
 func (r *testRegistry) serveStorage(w http.ResponseWriter, req *http.Request, repo, d string) {
 	r.mu.Lock()
 	r.storageGets[d]++
+	r.arrived()
 	r.mu.Unlock()
 	req2 := req.Clone(req.Context())
 	req2.URL.Path = "/v2/" + repo + "/blobs/" + d
@@ -244,7 +296,7 @@ func (r *testRegistry) serveStorage(w http.ResponseWriter, req *http.Request, re
 func (r *testRegistry) serveUpload(w http.ResponseWriter, req *http.Request, repo string) {
 	q := req.URL.Query()
 	r.mu.Lock()
-	scoped := r.scoped
+	scoped, gen := r.scoped, r.gen
 	r.mu.Unlock()
 	if req.Method == http.MethodPost && q.Get("mount") != "" && scoped {
 		d, from := q.Get("mount"), q.Get("from")
@@ -274,7 +326,9 @@ func (r *testRegistry) serveUpload(w http.ResponseWriter, req *http.Request, rep
 			return
 		}
 		r.mu.Lock()
-		r.uploads = append(r.uploads, d)
+		if r.gen == gen {
+			r.uploads = append(r.uploads, d)
+		}
 		r.own(repo, d)
 		r.mu.Unlock()
 	}}
@@ -432,6 +486,91 @@ func delay(d time.Duration) fault {
 	return func(w http.ResponseWriter, r *http.Request, next http.Handler) {
 		time.Sleep(d)
 		next.ServeHTTP(w, r)
+	}
+}
+
+// holder is a fault that holds blob GETs: it answers none until open is
+// called, and then serves the blob, unless the client has given up on the
+// request first (its connection closed). It counts the requests it holds
+// and how each ended, so that a test can wait for them without a clock.
+type holder struct {
+	release chan struct{}
+	once    sync.Once
+
+	mu      sync.Mutex
+	changed chan struct{} // closed, and replaced, when a count changes
+	held    int           // requests that arrived
+	gaveUp  int           // of those, given up by their client unanswered
+	served  int           // of those, answered once open was called
+}
+
+// newHolder returns a holder that t's cleanup opens, so that no handler
+// it holds outlives the test (the test server's Close waits for them).
+// Call it after newTestRegistry, whose cleanup must run after this one.
+func newHolder(t testing.TB) *holder {
+	h := &holder{release: make(chan struct{}), changed: make(chan struct{})}
+	t.Cleanup(h.open)
+	return h
+}
+
+// open lets the held requests and every later one through.
+func (h *holder) open() { h.once.Do(func() { close(h.release) }) }
+
+func (h *holder) fault() fault {
+	return func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+		h.note(func() { h.held++ })
+		select {
+		case <-h.release:
+			next.ServeHTTP(w, r)
+			h.note(func() { h.served++ })
+		case <-r.Context().Done():
+			h.note(func() { h.gaveUp++ })
+		}
+	}
+}
+
+func (h *holder) note(f func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f()
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// counts returns held, gaveUp and served.
+func (h *holder) counts() (held, gaveUp, served int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.held, h.gaveUp, h.served
+}
+
+// wait waits until cond holds of the counts, and reports whether it did
+// before ctx ended.
+func (h *holder) wait(ctx context.Context, cond func(held, gaveUp, served int) bool) bool {
+	for {
+		h.mu.Lock()
+		ok, changed := cond(h.held, h.gaveUp, h.served), h.changed
+		h.mu.Unlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// await is wait for a test goroutine, which fails the test if cond does
+// not hold within stuck.
+func (h *holder) await(t testing.TB, what string, cond func(held, gaveUp, served int) bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), stuck)
+	defer cancel()
+	if !h.wait(ctx, cond) {
+		held, gaveUp, served := h.counts()
+		t.Fatalf("waited %v for %s: %d requests held, %d given up, %d served", stuck, what, held, gaveUp, served)
 	}
 }
 

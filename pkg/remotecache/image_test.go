@@ -1150,6 +1150,9 @@ func tagBodyChanged(t *testing.T, reg *testRegistry, tag string) name.Reference 
 // the first fetches it under the tag's lock and records the tag, the
 // others then find it recorded and ask with a HEAD.
 func TestImage_NewTagFetchedOnce(t *testing.T) {
+	// The others wait for the lock as long as the first takes, however
+	// busy the machine: past tagWaitMax they would ask without it.
+	defer remotecache.SetTagWaitMax(stuck)()
 	reg := newTestRegistry(t)
 	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 25, 2, 4096))
 	s, _ := openStore(t)

@@ -285,20 +285,44 @@ func TestWarm_Errors(t *testing.T) {
 func TestWarm_FailureStopsDownloads(t *testing.T) {
 	reg := newTestRegistry(t)
 	fx, byPlatform := reg.pushIndex(t, "test/multi:v1", 70)
-	// The first platform's layers are slow; the second platform's
-	// config fails, while those layers are in flight.
-	for _, h := range layerDigests(byPlatform["linux/amd64"]) {
-		reg.setFault(h, delay(300*time.Millisecond))
+	// The first platform's layers are held, never answered while the
+	// Warm runs; the second platform's config fails once both are in
+	// flight.
+	slow := newHolder(t)
+	amd64 := layerDigests(byPlatform["linux/amd64"])
+	for _, h := range amd64 {
+		reg.setFault(h, slow.fault())
 	}
-	reg.setFault(must(byPlatform["linux/arm64/v8"].ConfigName()), status(http.StatusNotFound))
+	reg.setFault(must(byPlatform["linux/arm64/v8"].ConfigName()), func(w http.ResponseWriter, r *http.Request, _ http.Handler) {
+		ctx, cancel := context.WithTimeout(r.Context(), stuck)
+		defer cancel()
+		slow.wait(ctx, func(held, _, _ int) bool { return held == len(amd64) })
+		w.WriteHeader(http.StatusNotFound)
+	})
 
 	s, _ := openStore(t)
-	_, err := remotecache.Warm(t.Context(), fx.ref, s, fast, remotecache.WithAllPlatforms())
+	warmed := make(chan error, 1)
+	go func() {
+		_, err := remotecache.Warm(t.Context(), fx.ref, s, fast, remotecache.WithAllPlatforms())
+		warmed <- err
+	}()
+	var err error
+	select {
+	case err = <-warmed:
+	case <-time.After(stuck):
+		t.Fatalf("Warm has not returned after %v: it waits for the downloads it should give up", stuck)
+	}
 	if err == nil {
 		t.Fatal("Warm: no error for a missing config")
 	}
 	before := storeContents(t, s)
-	time.Sleep(600 * time.Millisecond)
+	if held, _, _ := slow.counts(); held != len(amd64) {
+		t.Fatalf("%d of the %d slow layers were in flight when the config failed", held, len(amd64))
+	}
+	// The held downloads were given up: each client closed its
+	// connection unanswered. One that outlived Warm would keep its
+	// request open, and could still write to the store once answered.
+	slow.await(t, "Warm's held downloads to end", func(held, gaveUp, _ int) bool { return gaveUp == held })
 	if after := storeContents(t, s); !equalStrings(before, after) {
 		t.Errorf("the store changed after Warm returned:\nbefore %v\nafter  %v", before, after)
 	}
@@ -346,12 +370,16 @@ func TestWithCounters(t *testing.T) {
 // the manifest, not for its blobs: the Warm records the tag as soon as
 // the manifest is in, and the pull asks with a HEAD.
 func TestWarm_NewTagNotHeldByBlobs(t *testing.T) {
-	defer remotecache.SetTagWaitMax(time.Minute)()
+	// Longer than stuck: a pull that waits for the tag's lock while the
+	// Warm holds it through its blobs waits until the Warm is done.
+	defer remotecache.SetTagWaitMax(2 * stuck)()
 	reg := newTestRegistry(t)
 	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 71, 2, 4096))
-	const slow = 3 * time.Second
+	// The Warm's layers are held until the pull has returned: a pull
+	// that waited for them would not return.
+	blobs := newHolder(t)
 	for _, h := range fx.layers {
-		reg.setFault(h, delay(slow))
+		reg.setFault(h, blobs.fault())
 	}
 	s, _ := openStore(t)
 	warmed := make(chan error, 1)
@@ -359,22 +387,29 @@ func TestWarm_NewTagNotHeldByBlobs(t *testing.T) {
 		_, err := remotecache.Warm(t.Context(), fx.ref, s, fast)
 		warmed <- err
 	}()
-	// Wait for the Warm's GET by tag, then pull the tag.
-	for deadline := time.Now().Add(10 * time.Second); reg.manifestGetsOf("v1") == 0; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the Warm made no GET of the manifest")
-		}
+	// Once the Warm's GET by tag has arrived, pull the tag.
+	reg.await(t, "the Warm's GET of the manifest", func() bool { return reg.manifestGets["v1"] > 0 })
+	type pull struct {
+		img v1.Image
+		err error
 	}
-	start := time.Now()
-	img, err := remotecache.Image(fx.ref, s, fast)
-	if err != nil {
-		t.Fatal(err)
+	pulled := make(chan pull, 1)
+	go func() {
+		img, err := remotecache.Image(fx.ref, s, fast)
+		pulled <- pull{img, err}
+	}()
+	var p pull
+	select {
+	case p = <-pulled:
+	case <-time.After(stuck):
+		t.Fatalf("the pull has not returned after %v while the Warm's blobs are held: it waits for them", stuck)
 	}
-	if d := must(img.Digest()); d != fx.digest {
+	blobs.open()
+	if p.err != nil {
+		t.Fatal(p.err)
+	}
+	if d := must(p.img.Digest()); d != fx.digest {
 		t.Errorf("image digest %s, want %s", d, fx.digest)
-	}
-	if took := time.Since(start); took > slow/2 {
-		t.Errorf("the pull took %v: it waited for the Warm's blobs", took)
 	}
 	if err := <-warmed; err != nil {
 		t.Fatal(err)
