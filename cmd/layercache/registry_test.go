@@ -200,19 +200,3 @@ func blobSet(img v1.Image) (imageBlobSet, error) {
 	}
 	return b, nil
 }
-
-// countingWriter counts the body bytes of a response. It counts them
-// before they are written, so that a test reading the count after its
-// client has read them sees every one: counted after, the server's last
-// write could land after the client returned.
-type countingWriter struct {
-	http.ResponseWriter
-	n *atomic.Int64
-}
-
-func (c *countingWriter) Write(b []byte) (int, error) {
-	c.n.Add(int64(len(b)))
-	n, err := c.ResponseWriter.Write(b)
-	c.n.Add(int64(n - len(b))) // what did not go out
-	return n, err
-}
