@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -17,8 +18,9 @@ import (
 // the temp files of CreateTemp and the lock files of LockBlob, LockIndex
 // and UpdateStats (see isIngestName), and Sweep removes nothing else.
 const (
-	tempSuffix = ".tmp"
-	lockSuffix = ".lock"
+	tempSuffix    = ".tmp"
+	partialSuffix = ".partial"
+	lockSuffix    = ".lock"
 	// indexLockName is never removed: a lock file that is unlinked while
 	// a process waits on it lets two processes hold "the" lock, and for
 	// index.json that would lose refs.
@@ -61,10 +63,45 @@ func isBlobLockName(name string) bool {
 	return err == nil
 }
 
+// isPartialName reports whether name is that of a partial download:
+// <alg>-<encoded>.partial, for a digest that Validate accepts.
+func isPartialName(name string) bool {
+	rest, ok := strings.CutSuffix(name, partialSuffix)
+	alg, enc, dash := strings.Cut(rest, "-")
+	if !ok || !dash {
+		return false
+	}
+	_, err := ParseBlobName(digest.Algorithm(alg), enc)
+	return err == nil
+}
+
 // isIngestName reports whether name is one that layercache gives the files
 // it creates in ingest/.
 func isIngestName(name string) bool {
-	return isTempName(name) || isBlobLockName(name) || name == indexLockName || name == statsLockName
+	return isTempName(name) || isBlobLockName(name) || isPartialName(name) || name == indexLockName || name == statsLockName
+}
+
+// OpenPartial opens, creating it if need be, the file in ingest/ that
+// keeps the bytes of a download of blob d while it is in progress, and
+// after it was cut or its process killed: its name is derived from d
+// (<alg>-<encoded>.partial), so the next download of d finds it and
+// resumes. It is opened for appending, and must be a regular file. Only
+// the holder of d's lock (LockBlob) may use it, which is what makes a
+// shared name safe.
+func (p Path) OpenPartial(d digest.Digest) (*os.File, error) {
+	if err := Validate(d); err != nil {
+		return nil, err
+	}
+	dir := p.Join(IngestDir)
+	if err := CheckDir(dir); err != nil {
+		return nil, fmt.Errorf("partial download of %s: %w", d, err)
+	}
+	path := filepath.Join(dir, string(d.Algorithm())+"-"+d.Encoded()+partialSuffix)
+	f, err := openRegular(path, os.O_RDWR|os.O_CREATE|os.O_APPEND)
+	if err != nil {
+		return nil, fmt.Errorf("partial download of %s: %w", d, err)
+	}
+	return f, nil
 }
 
 // lockPollInterval is how often a blocked Lock retries. flock(2) has no
@@ -265,9 +302,10 @@ func flock(f *os.File, how int) error {
 }
 
 // Sweep removes litter from ingest/ whose modification time is before
-// cutoff: temporary files that a crashed or killed writer left behind, and
-// per-digest lock files that nobody holds. It removes only files named as
-// layercache names them (isTempName, isBlobLockName), never the index and
+// cutoff: temporary files that a crashed or killed writer left behind,
+// partial downloads nobody resumed (isPartialName), and per-digest lock
+// files that nobody holds. It removes only files named as layercache names
+// them (isTempName, isPartialName, isBlobLockName), never the index and
 // stats locks, never a directory (whatever its name) and never anything in
 // one: whatever else is in ingest/ was put there by someone else, and is
 // not Sweep's to remove. A live writer's temp file is younger than any
@@ -293,7 +331,7 @@ func (p Path) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 			return removed, err
 		}
 		name := e.Name()
-		temp, lock := isTempName(name), isBlobLockName(name)
+		temp, lock := isTempName(name) || isPartialName(name), isBlobLockName(name)
 		if !temp && !lock || e.IsDir() {
 			continue // not a file of ours
 		}

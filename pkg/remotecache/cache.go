@@ -180,25 +180,28 @@ type teeLayer struct {
 	d digest.Digest
 }
 
+// Compressed serves the blob through the fetch step (fetchstep.go), as a
+// pull does: from the store, verified, or from the inner layer into the
+// store, under the blob's lock, so that processes pulling the same image
+// through the adapter at once download each blob once.
 func (l *teeLayer) Compressed() (io.ReadCloser, error) {
-	ctx := context.Background()
-	if rc, _, err := l.s.OpenVerified(ctx, l.d); err == nil {
-		return rc, nil
-	}
-	src, err := l.Layer.Compressed()
-	if err != nil {
-		return nil, err
-	}
 	size, err := l.Layer.Size()
 	if err != nil {
 		size = -1
 	}
-	w, err := l.s.NewWriter(ctx, l.d, size)
+	step := &fetchStep{s: l.s, d: l.d, size: size, src: l.source}
+	rc, _, err := step.open(context.Background())
+	return rc, err
+}
+
+// source opens the inner layer: from its first byte only, since a layer
+// has no ranges; a cut is the inner layer's to retry.
+func (l *teeLayer) source(context.Context, int64) (io.ReadCloser, int64, int64, bool, error) {
+	rc, err := l.Layer.Compressed()
 	if err != nil {
-		// A read-only or full cache: serve the layer uncached.
-		return src, nil
+		return nil, 0, 0, false, err
 	}
-	return &teeReader{d: l.d, size: size, src: src, w: w}, nil
+	return rc, 0, -1, true, nil
 }
 
 // Uncompressed decompresses Compressed; see layer.Uncompressed for why the

@@ -483,51 +483,28 @@ func (p *puller) noteStoreWriteError(d digest.Digest, err error) {
 	}
 }
 
-// openLayer returns the compressed bytes of the blob d: verified from the
-// store on a hit; on a miss, streamed from the registry to the caller and
-// into the store at once, committed only when the whole blob arrived and
-// matched d. It reports whether the bytes come from the cache.
-//
-// Downloads of one digest are serialised across goroutines and processes
-// by the store's per-digest lock, held until the returned reader is
-// closed: the others wait, then find the blob in the store.
+// openLayer returns the compressed bytes of the blob d through the fetch
+// step (fetchstep.go): verified from the store on a hit; on a miss,
+// streamed from the registry to the caller and into the store at once,
+// committed only when the whole blob arrived and matched d, and resumed
+// where a cut broke it. It reports whether the bytes come from the cache.
 func (p *puller) openLayer(ctx context.Context, d digest.Digest, size int64) (io.ReadCloser, bool, error) {
-	if rc, err := p.openCached(ctx, d); err == nil {
-		return rc, true, nil
-	}
 	if p.offline {
+		if rc, err := p.openCached(ctx, d); err == nil {
+			return rc, true, nil
+		}
 		return nil, false, fmt.Errorf("blob %s: %w", d, ErrOffline)
 	}
-	unlock, lerr := p.s.LockBlob(ctx, d)
-	if unlock == nil {
-		return nil, false, fmt.Errorf("blob %s: %w", d, lerr)
+	return p.step(d, size).open(ctx)
+}
+
+// step is the fetch step of blob d from the registry.
+func (p *puller) step(d digest.Digest, size int64) *fetchStep {
+	return &fetchStep{
+		s: p.s, d: d, size: size, from: p.repo.String(), src: p.blobSource(d, size),
+		hit: p.stats.hit, miss: p.stats.miss,
+		noteReadErr: p.noteStoreReadError, noteWriteErr: p.noteStoreWriteError,
 	}
-	if lerr != nil {
-		p.noteStoreWriteError(d, lerr)
-	}
-	// Another goroutine or process may have fetched it while we waited.
-	if rc, err := p.openCached(ctx, d); err == nil {
-		unlock()
-		return rc, true, nil
-	}
-	src, raw, err := p.fetchBlob(ctx, d, size)
-	if err != nil {
-		unlock()
-		return nil, false, err
-	}
-	t := &teeReader{d: d, from: p.repo.String(), size: size, src: src, unlock: unlock,
-		noteWriteErr: p.noteStoreWriteError, fetched: p.stats.miss}
-	if lerr == nil {
-		if t.w, err = p.s.NewWriter(ctx, d, size); err != nil {
-			p.noteStoreWriteError(d, err)
-			t.w = nil
-		}
-	}
-	if t.w == nil && raw {
-		// Nothing hashes a raw body but us: verify it on the way.
-		t.v = d.Verifier()
-	}
-	return t, false, nil
 }
 
 // openCached opens d from the store, verified before the first byte, and
@@ -542,37 +519,61 @@ func (p *puller) openCached(ctx context.Context, d digest.Digest) (io.ReadCloser
 	return rc, nil
 }
 
-// fetchBlob opens d from the registry through ggcr, with its
-// authentication, retries and redirect handling. raw reports that the body
-// came through the hand-off (see handoff.go) and is not verified yet: the
-// caller must hash it. Otherwise it is ggcr's verifying reader. A raw
-// body whose Content-Length is not size (when both are known, size >= 0)
-// is refused before its first byte, as ggcr refuses one.
-func (p *puller) fetchBlob(ctx context.Context, d digest.Digest, size int64) (rc io.ReadCloser, raw bool, err error) {
-	rp, err := p.remote(ctx)
-	if err != nil {
-		return nil, false, err
-	}
-	hctx, h := withHandoff(ctx, d)
-	l, err := rp.Layer(hctx, p.repo.Digest(d.String()))
-	if err == nil {
-		rc, err = l.Compressed()
-	}
-	if resp := h.take(); resp != nil {
-		if rc != nil {
-			rc.Close()
+// blobSource opens blob d from the registry through ggcr, with its
+// authentication, retries and redirect handling, from offset on (a Range
+// request): the body came through the hand-off (see handoff.go) and is
+// raw, not verified yet. A caller's own transport (WithRemote) bypasses
+// the hand-off: the body is then ggcr's verifying reader, from zero. A raw
+// body whose length is not what the descriptor says (size, when known) is
+// refused before its first byte, as ggcr refuses one.
+func (p *puller) blobSource(d digest.Digest, size int64) source {
+	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, int64, bool, error) {
+		rp, err := p.remote(ctx)
+		if err != nil {
+			return nil, 0, 0, false, err
 		}
-		if size >= 0 && resp.ContentLength >= 0 && resp.ContentLength != size {
-			resp.Body.Close()
-			return nil, false, fmt.Errorf("fetching %s: %w: the registry sends %d bytes, the descriptor says %d",
-				p.repo.Digest(d.String()), store.ErrDigestMismatch, resp.ContentLength, size)
+		where := p.repo.Digest(d.String())
+		hctx, h := withHandoff(ctx, d, offset, size)
+		l, err := rp.Layer(hctx, where)
+		var rc io.ReadCloser
+		if err == nil {
+			rc, err = l.Compressed()
 		}
-		p.o.logger.Debug("fetching blob, hashed once by the cache", "digest", d, "size", resp.ContentLength)
-		return resp.Body, true, nil
+		if resp := h.take(); resp != nil {
+			if rc != nil {
+				rc.Close()
+			}
+			start, total, ok := rangeStart(resp, offset)
+			if !ok {
+				resp.Body.Close()
+				p.o.logger.Debug("registry answered a Range request from elsewhere; fetching from zero", "digest", d,
+					"offset", offset, "contentRange", resp.Header.Get("Content-Range"))
+				return p.blobSource(d, size)(ctx, 0)
+			}
+			if size >= 0 && total >= 0 && total != size {
+				resp.Body.Close()
+				return nil, 0, 0, false, fmt.Errorf("fetching %s: %w: the registry sends %d bytes, the descriptor says %d",
+					where, store.ErrDigestMismatch, total, size)
+			}
+			p.o.logger.Debug("fetching blob, hashed once by the cache", "digest", d, "from", start, "size", total)
+			return resp.Body, start, total, true, nil
+		}
+		if err != nil && offset > 0 && ctx.Err() == nil {
+			// A registry that refuses the Range: ask for the whole blob.
+			p.o.logger.Debug("registry refused a Range request; fetching from zero", "digest", d, "offset", offset, "err", err)
+			return p.blobSource(d, size)(ctx, 0)
+		}
+		if err != nil {
+			return nil, 0, 0, false, fmt.Errorf("fetching %s: %w", where, err)
+		}
+		p.o.logger.Debug("fetching blob through ggcr's verifying reader (custom transport)", "digest", d)
+		return rc, 0, size, false, nil
 	}
-	if err != nil {
-		return nil, false, fmt.Errorf("fetching %s: %w", p.repo.Digest(d.String()), err)
-	}
-	p.o.logger.Debug("fetching blob through ggcr's verifying reader (custom transport)", "digest", d)
-	return rc, false, nil
+}
+
+// fetchBlob opens blob d from the registry, from its first byte; raw says
+// the body is not verified yet (see blobSource).
+func (p *puller) fetchBlob(ctx context.Context, d digest.Digest, size int64) (io.ReadCloser, bool, error) {
+	rc, _, _, raw, err := p.blobSource(d, size)(ctx, 0)
+	return rc, raw, err
 }

@@ -34,11 +34,15 @@ var errHandedOff = errors.New("remotecache: blob response handed to the cache")
 
 type handoffKey struct{}
 
-// handoff receives the blob response of one fetch.
+// handoff receives the blob response of one fetch. A fetch from offset >
+// 0 asks for the rest of the blob with a Range header, and takes a 206 as
+// well as a 200 (a registry may ignore the Range).
 type handoff struct {
-	d    digest.Digest
-	mu   sync.Mutex
-	resp *http.Response
+	d      digest.Digest
+	offset int64
+	size   int64 // the blob's, or -1
+	mu     sync.Mutex
+	resp   *http.Response
 }
 
 func (h *handoff) take() *http.Response {
@@ -49,9 +53,10 @@ func (h *handoff) take() *http.Response {
 	return r
 }
 
-// withHandoff returns a context under which a GET of blob d is handed off.
-func withHandoff(ctx context.Context, d digest.Digest) (context.Context, *handoff) {
-	h := &handoff{d: d}
+// withHandoff returns a context under which a GET of blob d (of size
+// bytes, or -1), from offset on, is handed off.
+func withHandoff(ctx context.Context, d digest.Digest, offset, size int64) (context.Context, *handoff) {
+	h := &handoff{d: d, offset: offset, size: size}
 	return context.WithValue(ctx, handoffKey{}, h), h
 }
 
@@ -62,8 +67,14 @@ type handoffTransport struct {
 }
 
 func (t *handoffTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	h, _ := req.Context().Value(handoffKey{}).(*handoff)
+	if h != nil && h.offset > 0 && req.Method == http.MethodGet && isBlobGet(req, h.d) {
+		req = req.Clone(req.Context())
+		req.Header.Set("Range", rangeFrom(h.offset, h.size))
+	}
 	resp, err := t.base.RoundTrip(req)
-	if err != nil || resp.StatusCode != http.StatusOK || req.Method != http.MethodGet {
+	partial := err == nil && resp.StatusCode == http.StatusPartialContent && h != nil && h.offset > 0
+	if err != nil || (resp.StatusCode != http.StatusOK && !partial) || req.Method != http.MethodGet {
 		return resp, err
 	}
 	if strings.Contains(req.URL.Path, "/manifests/") {
@@ -79,7 +90,6 @@ func (t *handoffTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		}
 		return resp, nil
 	}
-	h, _ := req.Context().Value(handoffKey{}).(*handoff)
 	if h == nil || !isBlobGet(req, h.d) {
 		return resp, nil
 	}

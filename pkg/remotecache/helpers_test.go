@@ -763,7 +763,26 @@ func ingestLitter(t testing.TB, dir string) []string {
 	}
 	var out []string
 	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".lock") {
+		// Lock files stay, and so do partial downloads: a download cut
+		// or closed early is kept for the next one to resume (see
+		// partials).
+		if !strings.HasSuffix(e.Name(), ".lock") && !strings.HasSuffix(e.Name(), ".partial") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// partials lists the partial downloads kept in ingest/.
+func partials(t testing.TB, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(dir, layout.IngestDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".partial") {
 			out = append(out, e.Name())
 		}
 	}

@@ -442,6 +442,11 @@ func TestImage_BadRegistryBytesNotCached(t *testing.T) {
 						if litter := ingestLitter(t, dir); len(litter) > 0 {
 							t.Errorf("ingest/ holds %v after the failed download", litter)
 						}
+						// Only a cut leaves bytes worth resuming from;
+						// wrong bytes are never kept.
+						if p := partials(t, dir); len(p) > 0 && tc.name != "connection cut" {
+							t.Errorf("ingest/ keeps the partial download %v of bytes that were wrong", p)
+						}
 					}
 
 					// The failure poisoned nothing: once the registry is

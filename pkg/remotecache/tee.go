@@ -1,6 +1,7 @@
 package remotecache
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,143 +11,317 @@ import (
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
-// teeReader streams a download to its caller and into a store Writer at
-// once: the pull path's misses, the Cache adapter's Put layers and the
-// Transport's blob misses all go through it. It commits the blob when the
-// stream ends cleanly and the bytes matched; anything else (an error, a
-// short body, a caller that closes early) abandons the temp file. The
-// Writer's hash is the only one over a raw body; when there is no Writer
-// (a read-only cache) and nothing else verifies the body, v is.
+// teeReader is the stream of a fetch step's download (see fetchstep.go):
+// it hands the caller the blob's bytes and writes them into the store's
+// partial file at once, and commits the blob when the stream ends cleanly
+// and every byte hashed to its digest at the expected size.
+//
+// It reads, in order: the bytes a partial file resumed (hashed as they
+// are served), then the source's body. A body that breaks is asked for
+// again from where it broke (connect); a source that answers from zero
+// instead has its first bytes written to the store but not handed out
+// again, and checked against what was (skip). A blob whose bytes turn out
+// wrong after a resume from a partial file, which may have rotted on disk,
+// is fetched once more from zero within the call.
+//
+// The Writer's hash is the only one over the bytes; when there is no
+// Writer (a cache that cannot be written) and nothing else verifies the
+// body, v is. No byte past the expected size reaches the caller.
 type teeReader struct {
-	d    digest.Digest
-	from string // where the bytes come from, for errors; "" if unsaid
-	size int64  // expected size, or -1
-	src  io.ReadCloser
-	w    *store.Writer   // nil if the cache cannot be written
-	v    digest.Verifier // set when w is nil and the body is raw
+	f      *fetchStep
+	ctx    context.Context
+	size   int64         // expected size, or -1
+	w      *store.Writer // nil if the cache cannot be written
+	v      digest.Verifier
+	unlock func() // released when the stream ends
 
-	noteWriteErr func(digest.Digest, error) // told once if storing fails; may be nil
-	fetched      func(n int64)              // told at a clean, matching end; may be nil
-	unlock       func()                     // released when the stream ends; may be nil
+	body io.ReadCloser
+	raw  bool // nothing above verifies body
 
-	n      int64
+	n         int64 // bytes of the blob hashed (from zero)
+	delivered int64 // bytes handed to the caller
+	resumes   int
+	fromDisk  bool // some bytes came from a partial file
+	retried   bool // fetched again from zero after a mismatch
+
+	skip     int64         // bytes of the body the caller has already
+	skipWant digest.Digest // what those bytes hashed to when handed out
+	poisoned error         // the caller was handed bytes that were wrong
+
 	werr   bool  // storing failed; w only hashes now
+	serr   error // why storing failed
 	done   bool  // committed or abandoned
 	failed error // the bytes were wrong: every later Read returns it
 }
 
-// subject names the blob, and its source, in errors.
-func (t *teeReader) subject() string {
-	if t.from == "" {
-		return "blob " + t.d.String()
+// connect opens the source from offset, the bytes hashed so far.
+func (t *teeReader) connect(offset int64) error {
+	if t.body != nil {
+		t.body.Close()
+		t.body = nil
 	}
-	return "blob " + t.d.String() + " from " + t.from
+	body, start, total, raw, err := t.f.src(t.ctx, offset)
+	if err != nil {
+		return err
+	}
+	t.body, t.raw = body, raw
+	if t.w == nil && raw && t.v == nil {
+		t.v = t.f.d.Verifier()
+	}
+	if t.size < 0 && total >= 0 {
+		t.size = total
+	}
+	if start == offset {
+		if offset > 0 && t.w != nil && t.w.Size() < offset {
+			t.fromDisk = true // the prefix is served from the partial file
+		}
+		return nil
+	}
+	// The body starts at zero: what was hashed is dropped, and what the
+	// caller has is checked against the new bytes as they pass.
+	if t.w != nil {
+		if t.w.Size() > 0 {
+			t.skip, t.skipWant = t.w.Size(), t.w.Digest()
+		}
+		if err := t.w.Restart(); err != nil {
+			t.storeFailed(err)
+		}
+	} else if t.delivered > 0 {
+		// Nothing hashed what the caller has: it cannot be checked.
+		return fmt.Errorf("%s: the source sent the blob from its start after a cut, and the bytes already served cannot be checked", t.f.subject())
+	}
+	if t.w == nil || t.werr {
+		t.v = t.f.d.Verifier()
+	}
+	t.n = 0
+	return nil
+}
+
+// resume asks the source for the rest of a body that broke with err, and
+// reports whether the stream goes on.
+func (t *teeReader) resume(err error) bool {
+	if !t.raw || t.resumes >= maxResumes || !cut(t.ctx, err) {
+		return false
+	}
+	t.resumes++
+	return t.connect(t.n) == nil
 }
 
 func (t *teeReader) Read(b []byte) (int, error) {
-	if t.failed != nil {
-		return 0, t.failed
-	}
-	if t.size >= 0 && !t.done {
-		// Never hand the caller a byte past the expected size: a body
-		// that runs longer is wrong, and its extra bytes (a tampered
-		// tar's, say) must not reach a consumer before the error does.
-		rem := t.size - t.n
-		if rem == 0 {
+	for {
+		if t.failed != nil {
+			return 0, t.failed
+		}
+		if t.done {
+			return 0, io.EOF
+		}
+		// The bytes a partial file holds come first.
+		if t.w != nil && t.w.Size() < t.w.Resumed() {
+			if int64(len(b)) > t.w.Resumed()-t.w.Size() {
+				b = b[:t.w.Resumed()-t.w.Size()]
+			}
+			n, err := t.w.Prefix().Read(b)
+			t.n += int64(n)
+			t.delivered += int64(n)
+			if err != nil {
+				return n, t.fail(fmt.Errorf("%s: reading its partial download: %w", t.f.subject(), err))
+			}
+			return n, nil
+		}
+		// Bytes the caller has already, from an answer that restarted.
+		if t.skip > 0 || t.poisoned != nil {
+			if err := t.skipAhead(b); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if t.size >= 0 && t.n == t.size {
+			// Everything expected is in: EOF, or bytes too many.
 			var one [1]byte
-			n, err := t.src.Read(one[:])
+			n, err := t.body.Read(one[:])
 			if n > 0 {
-				t.finish()
-				t.failed = t.overflow()
-				return 0, t.failed
+				return 0, t.fail(t.overflow())
 			}
 			if err == nil {
-				return 0, nil
+				continue
 			}
-			return t.after(b[:0], err)
+			if err != io.EOF && !cut(t.ctx, err) {
+				return 0, t.fail(fmt.Errorf("%s: %w", t.f.subject(), err))
+			}
+			if err := t.end(); err != nil || t.done {
+				return 0, t.endErr(err)
+			}
+			continue // fetched again from zero
 		}
-		if int64(len(b)) > rem {
-			b = b[:rem]
+		if t.size >= 0 && int64(len(b)) > t.size-t.n {
+			b = b[:t.size-t.n]
 		}
-	}
-	n, err := t.src.Read(b)
-	return t.after(b[:n], err)
-}
-
-// after takes the bytes b of a read, and its error, through the store
-// and the checks.
-func (t *teeReader) after(b []byte, err error) (int, error) {
-	n := len(b)
-	t.n += int64(n)
-	if n > 0 {
+		n, err := t.body.Read(b)
+		if n > 0 {
+			if werr := t.take(b[:n]); werr != nil {
+				return 0, werr
+			}
+			t.delivered += int64(n)
+		}
 		switch {
-		case t.w != nil:
-			if _, werr := t.w.Write(b[:n]); werr != nil {
-				if errors.Is(werr, store.ErrDigestMismatch) {
-					t.finish()
-					t.failed = t.overflow()
-					return 0, t.failed
-				}
-				t.storeFailed(werr)
+		case err == io.EOF:
+			if eerr := t.end(); eerr != nil || t.done {
+				return n, t.endErr(eerr)
 			}
-		case t.v != nil:
-			t.v.Write(b[:n])
+		case err != nil:
+			if !t.resume(err) {
+				// A cut connection says only "unexpected EOF": name the blob.
+				return n, t.fail(fmt.Errorf("%s: %w", t.f.subject(), err))
+			}
+		}
+		if n > 0 {
+			return n, nil
 		}
 	}
-	if err == io.EOF {
-		if verr := t.end(); verr != nil {
-			return n, verr
-		}
-	} else if err != nil {
-		t.finish()
-		// A cut connection says only "unexpected EOF": name the blob.
-		err = fmt.Errorf("%s: %w", t.subject(), err)
-	}
-	return n, err
 }
 
-// WriteTo streams the rest of the download to dst and into the store
-// with no copy in between: the Writer reads from the body straight into
-// the buffers its file is written from, and dst is given each piece as it
-// arrives (passTo), before it is hashed. Callers that io.Copy a layer get
-// this path. Anything it cannot do that way (no Writer, or one that failed
-// to write its file) goes on through Read.
+// take writes b, just read from the body, to the store (or the verifier).
+func (t *teeReader) take(b []byte) error {
+	t.n += int64(len(b))
+	switch {
+	case t.w != nil:
+		if _, werr := t.w.Write(b); werr != nil {
+			if errors.Is(werr, store.ErrDigestMismatch) {
+				return t.fail(t.overflow())
+			}
+			t.storeFailed(werr)
+		}
+	case t.v != nil:
+		t.v.Write(b)
+	}
+	return nil
+}
+
+// skipAhead reads bytes of the body that the caller was handed already
+// (or, once poisoned, every byte left) into the store only, using b as
+// scratch, and checks them against what was handed out.
+func (t *teeReader) skipAhead(b []byte) error {
+	if t.skip > 0 && int64(len(b)) > t.skip {
+		b = b[:t.skip]
+	}
+	n, err := t.body.Read(b)
+	if n > 0 {
+		if werr := t.take(b[:n]); werr != nil {
+			return werr
+		}
+		if t.skip > 0 {
+			t.skip -= int64(n)
+			if t.skip == 0 && t.w != nil && t.w.Digest() != t.skipWant && !t.f.drain {
+				// The caller has bytes that are not the blob's: it
+				// gets an error, and the store gets the blob.
+				t.poisoned = fmt.Errorf("%s: %w: the bytes served before the download was started again were wrong",
+					t.f.subject(), store.ErrDigestMismatch)
+			}
+		}
+	}
+	switch {
+	case err == io.EOF:
+		if eerr := t.end(); eerr != nil {
+			return t.fail(eerr)
+		}
+		if t.done {
+			return t.fail(t.poisoned) // poisoned, or the blob ended where the caller had it already
+		}
+	case err != nil:
+		if !t.resume(err) {
+			return t.fail(fmt.Errorf("%s: %w", t.f.subject(), err))
+		}
+	}
+	return nil
+}
+
+// endErr is the error a Read returns once the stream ended: io.EOF, or
+// what made it fail.
+func (t *teeReader) endErr(err error) error {
+	if err != nil {
+		return t.fail(err)
+	}
+	if t.poisoned != nil {
+		return t.fail(t.poisoned)
+	}
+	return io.EOF
+}
+
+// WriteTo streams the rest of the download to dst. While the body brings
+// new bytes and the store can take them, the Writer reads the body
+// straight into the buffers its file is written from, and dst is given
+// each piece as it arrives (passTo), so that no byte is copied in
+// between; callers that io.Copy a layer get this path. Everything else (a
+// resumed prefix, bytes to skip, no Writer) goes through Read.
 func (t *teeReader) WriteTo(dst io.Writer) (int64, error) {
 	var total int64
-	if t.w != nil && !t.werr && !t.done {
-		pt := &passTo{r: t.src, w: dst, max: -1}
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	for {
+		if t.failed != nil {
+			return total, t.failed
+		}
+		if t.done {
+			return total, nil
+		}
+		fast := t.w != nil && !t.werr && t.w.Size() >= t.w.Resumed() && t.skip == 0 && t.poisoned == nil &&
+			(t.size < 0 || t.n < t.size)
+		if !fast {
+			n, err := t.Read(*bp)
+			if n > 0 {
+				m, werr := dst.Write((*bp)[:n])
+				total += int64(m)
+				if werr != nil {
+					t.finish()
+					return total, werr
+				}
+			}
+			if err == io.EOF {
+				return total, nil
+			}
+			if err != nil {
+				return total, err
+			}
+			continue
+		}
+		pt := &passTo{r: t.body, w: dst, max: -1}
 		if t.size >= 0 {
 			pt.max = t.size - t.n
 		}
 		n, err := t.w.ReadFrom(pt)
 		t.n += n
-		total = pt.written
+		t.delivered += pt.written
+		total += pt.written
 		// The checks go from the caller's own error to the blob's: a read
 		// that ran past the expected size may also have brought io.EOF,
-		// and its bytes, which the Writer refused to hash, went to dst.
+		// and its bytes, which the Writer refused to hash, went no further
+		// than the expected size.
 		switch {
 		case pt.werr != nil:
 			t.finish()
 			return total, pt.werr
 		case errors.Is(err, store.ErrDigestMismatch):
-			t.finish()
-			t.failed = t.overflow()
-			return total, t.failed
+			return total, t.fail(t.overflow())
 		case pt.rerr == io.EOF:
-			return total, t.end()
+			if eerr := t.end(); eerr != nil || t.done {
+				if eerr == nil {
+					eerr = t.poisoned
+				}
+				if eerr != nil {
+					return total, t.fail(eerr)
+				}
+				return total, nil
+			}
 		case pt.rerr != nil:
-			t.finish()
-			return total, fmt.Errorf("%s: %w", t.subject(), pt.rerr)
+			if !t.resume(pt.rerr) {
+				return total, t.fail(fmt.Errorf("%s: %w", t.f.subject(), pt.rerr))
+			}
 		case err != nil:
-			// The temp file could not be written: serve the rest
+			// The partial file could not be written: serve the rest
 			// uncached, still hashed by the Writer (see Read).
 			t.storeFailed(err)
 		}
 	}
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
-	n, err := io.CopyBuffer(dst, struct{ io.Reader }{t}, *bp)
-	return total + n, err
 }
 
 // passTo is a reader of r that writes what it reads to w before it
@@ -189,7 +364,7 @@ func (p *passTo) Read(b []byte) (int, error) {
 
 // overflow is the error of a body longer than the expected size.
 func (t *teeReader) overflow() error {
-	return fmt.Errorf("%s: more than the expected %d bytes: %w", t.subject(), t.size, store.ErrDigestMismatch)
+	return fmt.Errorf("%s: more than the expected %d bytes: %w", t.f.subject(), t.size, store.ErrDigestMismatch)
 }
 
 // storeFailed notes, once, that the blob cannot be stored; the stream
@@ -198,49 +373,98 @@ func (t *teeReader) storeFailed(err error) {
 	if t.werr {
 		return
 	}
-	t.werr = true
-	if t.noteWriteErr != nil {
-		t.noteWriteErr(t.d, err)
-	}
+	t.werr, t.serr = true, err
+	t.f.writeErr(err)
 }
 
-// end checks a stream that reached EOF and commits it. An error means
-// the bytes were wrong and the caller must not trust them.
-func (t *teeReader) end() error {
-	defer t.finish()
-	wrong := func(got string) error {
-		return fmt.Errorf("%s: %w: %d bytes hashing to %s", t.subject(), store.ErrDigestMismatch, t.n, got)
+// fail ends the stream with err, which every later Read returns, and
+// keeps the partial file for a later resume unless its bytes were wrong.
+func (t *teeReader) fail(err error) error {
+	t.failed = err
+	// Wrong bytes are no prefix to resume from; nor is what a verifying
+	// reader above the source (ggcr's) refused, or served before it did.
+	if (errors.Is(err, store.ErrDigestMismatch) || !t.raw) && t.w != nil {
+		t.w.Discard()
+		t.w = nil
 	}
+	t.finish()
+	return err
+}
+
+// end checks a stream whose body reached EOF and commits it. An error
+// means the bytes were wrong and the caller must not trust them. When the
+// bytes were wrong after a resume from a partial file, which may have
+// rotted on disk, end starts the download again from zero instead
+// (done stays false; the caller reads on).
+func (t *teeReader) end() error {
+	wrong := func(got string) error {
+		return fmt.Errorf("%s: %w: %d bytes hashing to %s", t.f.subject(), store.ErrDigestMismatch, t.n, got)
+	}
+	var got digest.Digest
 	switch {
 	case t.w != nil:
-		if got := t.w.Digest(); got != t.d || (t.size >= 0 && t.n != t.size) {
-			return wrong(got.String())
+		got = t.w.Digest()
+	case t.v != nil:
+		if t.v.Verified() {
+			got = t.f.d
 		}
+	default:
+		got = t.f.d // verified above us (ggcr's reader)
+	}
+	if got != t.f.d || (t.size >= 0 && t.n != t.size) {
+		if t.fromDisk && !t.retried && t.raw && t.w != nil {
+			t.retried, t.fromDisk = true, false
+			t.skip, t.skipWant = t.n, got
+			if err := t.w.Restart(); err != nil {
+				t.storeFailed(err)
+			}
+			t.n = 0
+			if err := t.connect(0); err == nil {
+				// connect from zero with nothing hashed set no skip.
+				t.skip, t.skipWant = t.delivered, got
+				return nil
+			}
+		}
+		if got == "" {
+			return wrong("another digest")
+		}
+		return wrong(got.String())
+	}
+	if t.w != nil && !t.werr {
 		w := t.w
 		t.w = nil
 		if _, err := w.Commit(); err != nil {
 			t.storeFailed(err)
 		}
-	case t.v != nil:
-		if !t.v.Verified() || (t.size >= 0 && t.n != t.size) {
-			return wrong("another digest")
-		}
 	}
-	if t.fetched != nil {
-		t.fetched(t.n)
+	if t.f.strict && t.serr != nil {
+		return fmt.Errorf("%s: %w", t.f.subject(), t.serr)
 	}
+	if t.f.miss != nil {
+		t.f.miss(t.n)
+	}
+	t.finish()
 	return nil
 }
 
-// finish abandons any uncommitted write and releases the digest lock.
+// finish abandons any uncommitted write (keeping the partial file) and
+// releases the blob's lock.
 func (t *teeReader) finish() {
 	if t.done {
 		return
 	}
 	t.done = true
 	if t.w != nil {
-		t.w.Close()
+		if t.w.Size() == 0 && t.w.Resumed() == 0 {
+			t.w.Discard() // nothing to resume from
+		} else {
+			t.w.Close()
+		}
 		t.w = nil
+	}
+	if t.body != nil {
+		t.body.Close()
+		t.body = nil
 	}
 	if t.unlock != nil {
 		t.unlock()
@@ -250,14 +474,14 @@ func (t *teeReader) finish() {
 // Close ends the stream. A caller that stops at the blob's last byte
 // without reading on to EOF (ggcr's readers stop at the size the
 // descriptor gives, and a chunked body has no other end) has read the
-// whole blob when the bytes hash to d and have the expected size: it is
-// committed then too. Anything else is abandoned.
+// whole blob when the bytes hash to its digest and have the expected
+// size: it is committed then too. Anything else is abandoned, and its
+// bytes kept for a later download to resume.
 func (t *teeReader) Close() error {
-	if !t.done && t.failed == nil && t.w != nil && !t.werr && t.n > 0 &&
-		(t.size < 0 || t.n == t.size) && t.w.Digest() == t.d {
+	if !t.done && t.failed == nil && t.poisoned == nil && t.skip == 0 && t.w != nil && !t.werr && t.n > 0 &&
+		t.w.Size() >= t.w.Resumed() && (t.size < 0 || t.n == t.size) && t.w.Digest() == t.f.d {
 		_ = t.end()
 	}
-	err := t.src.Close()
 	t.finish()
-	return err
+	return nil
 }

@@ -2,6 +2,8 @@ package remotecache
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -92,35 +94,75 @@ func (t *transportCache) manifest(req *http.Request, d digest.Digest) (*http.Res
 	return resp, nil
 }
 
+// blob serves a blob GET through the fetch step (fetchstep.go): a hit
+// verified before its response is returned, a miss streamed from the
+// registry into the store under the blob's lock, resumed where a cut
+// broke it. Any answer of the registry but the blob's bytes (a 401 that
+// ggcr answers with a token, a 404) is returned to ggcr as it came.
 func (t *transportCache) blob(req *http.Request, d digest.Digest) (*http.Response, error) {
 	ctx := req.Context()
 	if rc, info, err := t.s.OpenVerified(ctx, d); err == nil {
 		return t.response(req, d, "application/octet-stream", info.Size, rc), nil
 	}
-	unlock, lerr := t.s.LockBlob(ctx, d)
-	if unlock == nil {
-		return nil, lerr
-	}
-	if rc, info, err := t.s.OpenVerified(ctx, d); err == nil {
-		unlock()
+	step := &fetchStep{s: t.s, d: d, size: -1, from: req.URL.Host, src: t.source(req)}
+	rc, cached, err := step.open(ctx)
+	var answer *answerError
+	switch {
+	case errors.As(err, &answer):
+		return answer.resp, nil
+	case err != nil:
+		return nil, err
+	case cached:
+		info, err := t.s.Stat(ctx, d)
+		if err != nil {
+			rc.Close()
+			return nil, err
+		}
 		return t.response(req, d, "application/octet-stream", info.Size, rc), nil
 	}
-	resp, err := t.follow(req)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		unlock()
-		return resp, err
-	}
-	var w *store.Writer
-	if lerr == nil {
-		w, err = t.s.NewWriter(ctx, d, resp.ContentLength)
-		if err != nil {
-			w = nil
+	return t.response(req, d, "application/octet-stream", rc.(*teeReader).size, rc), nil
+}
+
+// answerError carries a registry's answer that is not a blob's bytes, for
+// blob to hand back to ggcr unchanged.
+type answerError struct{ resp *http.Response }
+
+func (e *answerError) Error() string { return "registry answered " + e.resp.Status }
+
+// source opens the blob req asks for, from offset on (a Range request),
+// following redirects to blob storage.
+func (t *transportCache) source(req *http.Request) source {
+	size := int64(-1) // the blob's, once an answer said it
+	var src source
+	src = func(ctx context.Context, offset int64) (io.ReadCloser, int64, int64, bool, error) {
+		r := req
+		if offset > 0 {
+			r = req.Clone(ctx)
+			r.Header.Set("Range", rangeFrom(offset, size))
 		}
+		resp, err := t.follow(r)
+		if err != nil {
+			return nil, 0, 0, false, err
+		}
+		if resp.StatusCode != http.StatusOK && (offset == 0 || resp.StatusCode != http.StatusPartialContent) {
+			if offset > 0 {
+				// A registry that refuses the Range: ask for the whole blob.
+				resp.Body.Close()
+				return src(ctx, 0)
+			}
+			return nil, 0, 0, false, &answerError{resp}
+		}
+		start, total, ok := rangeStart(resp, offset)
+		if !ok {
+			resp.Body.Close()
+			return src(ctx, 0)
+		}
+		if total >= 0 {
+			size = total
+		}
+		return resp.Body, start, total, true, nil
 	}
-	// ggcr verifies the body above this transport, so without a Writer
-	// the tee only passes it through.
-	resp.Body = &teeReader{d: d, from: req.URL.Host, size: resp.ContentLength, src: resp.Body, w: w, unlock: unlock}
-	return resp, nil
+	return src
 }
 
 // follow sends req and follows redirects, so the response holds the blob

@@ -223,65 +223,52 @@ func (p *puller) verifyCached(ctx context.Context, d digest.Digest) (bool, error
 // garbage for the GC to clear.
 var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
-// fetchInto downloads d into the store under its per-digest lock. It
-// reports true if, once the lock was taken, another goroutine or process
-// had already stored it.
+// fetchInto downloads d into the store through the fetch step
+// (fetchstep.go). It reports true if, once the blob's lock was taken,
+// another goroutine or process had already stored it.
 func (p *puller) fetchInto(ctx context.Context, d digest.Digest, size int64, progress func(int64)) (bool, error) {
-	unlock, err := p.s.LockBlob(ctx, d)
-	if err != nil {
-		if unlock != nil {
-			unlock()
-		}
-		return false, err
-	}
-	defer unlock()
-	if ok, err := p.verifyCached(ctx, d); ok || err != nil {
-		return ok, err
-	}
-	// The store Writer's hash verifies a raw body; ggcr's reader
-	// verifies itself otherwise. Commit checks both ways.
-	src, _, err := p.fetchBlob(ctx, d, size)
+	step := p.step(d, size)
+	step.drain, step.strict = true, true
+	step.hit = nil // Warm counts its own hits (verifyCached)
+	rc, cached, err := step.open(ctx)
 	if err != nil {
 		return false, err
 	}
-	defer src.Close()
-	w, err := p.s.NewWriter(ctx, d, size)
-	if err != nil {
-		return false, err
+	defer rc.Close()
+	if cached {
+		// Another goroutine or process stored it meanwhile, and open
+		// verified it: nothing to read.
+		p.stats.hit(size)
+		return true, nil
 	}
-	defer w.Close()
 	// The Writer reads the body straight into the buffers its file is
-	// written from; progressReader reports and checks ctx as it goes.
-	if _, err := w.ReadFrom(&progressReader{ctx: ctx, r: src, report: progress}); err != nil {
+	// written from (teeReader.WriteTo); progressWriter reports and checks
+	// ctx as the bytes pass.
+	if _, err := io.Copy(&progressWriter{ctx: ctx, report: progress}, rc); err != nil {
 		return false, err
 	}
-	if _, err := w.Commit(); err != nil {
-		return false, err
-	}
-	p.stats.miss(w.Size())
 	return false, nil
 }
 
-// progressReader reports how many bytes were read after every read, and
-// stops with ctx's error once ctx is done.
-type progressReader struct {
+// progressWriter discards what it is given, reports how many bytes it was
+// given so far, and stops with ctx's error once ctx is done.
+type progressWriter struct {
 	ctx    context.Context
-	r      io.Reader
 	n      int64
 	report func(int64)
 }
 
-func (r *progressReader) Read(b []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
+func (w *progressWriter) Write(b []byte) (int, error) {
+	if err := w.ctx.Err(); err != nil {
 		return 0, err
 	}
-	n, err := r.r.Read(b)
-	if n > 0 {
-		r.n += int64(n)
-		r.report(r.n)
+	w.n += int64(len(b))
+	if w.report != nil {
+		w.report(w.n)
 	}
-	return n, err
+	return len(b), nil
 }
+
 
 func (p *puller) report(ev Progress) {
 	if p.o.progress != nil {

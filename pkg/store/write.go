@@ -99,6 +99,9 @@ type Writer struct {
 	n        int64
 	err      error // sticky write error
 	done     bool
+
+	partial bool  // the file is the blob's partial download (OpenPartial)
+	resumed int64 // bytes the partial file held when opened
 }
 
 // NewWriter starts writing a blob. expected is the digest the data must
@@ -136,6 +139,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 	if w.done {
 		return 0, errors.New("write to a committed or closed blob writer")
 	}
+	if w.n < w.resumed {
+		return 0, errors.New("write to a resumed blob writer before its prefix was read")
+	}
 	if w.size >= 0 && w.n+int64(len(p)) > w.size {
 		w.err = w.overflow()
 		return 0, w.err
@@ -172,6 +178,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	if w.done {
 		return 0, errors.New("write to a committed or closed blob writer")
+	}
+	if w.n < w.resumed {
+		return 0, errors.New("write to a resumed blob writer before its prefix was read")
 	}
 	var total int64
 	for {
@@ -256,6 +265,10 @@ func (w *Writer) Commit() (digest.Digest, error) {
 		name = got
 	}
 	if got != name || (w.size >= 0 && w.n != w.size) {
+		if w.partial {
+			// Wrong bytes are no prefix to resume from.
+			w.Discard()
+		}
 		return "", fmt.Errorf("blob %s: %w: got %d bytes hashing to %s", name, ErrDigestMismatch, w.n, got)
 	}
 	if err := w.ctx.Err(); err != nil {
@@ -307,7 +320,9 @@ func (w *Writer) Commit() (digest.Digest, error) {
 }
 
 // Close abandons the blob if it was not committed: the temp file is
-// removed and nothing is published. It is safe to call after Commit.
+// removed and nothing is published. A partial Writer's file (OpenPartial)
+// is kept instead, for the next writer of the blob to resume. It is safe
+// to call after Commit.
 func (w *Writer) Close() error {
 	if w.done {
 		return nil
@@ -315,6 +330,9 @@ func (w *Writer) Close() error {
 	w.done = true
 	w.out.wait()
 	w.f.Close()
+	if w.partial {
+		return nil
+	}
 	if err := os.Remove(w.f.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("removing %s: %w", w.f.Name(), err)
 	}
