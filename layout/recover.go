@@ -18,9 +18,11 @@ import (
 // one is kept.
 const CorruptIndexFile = IndexFile + ".corrupt"
 
-// maxManifestSize bounds the blobs that a rebuild of index.json reads to
-// find manifests: registries refuse manifests over 4 MiB.
-const maxManifestSize = 4 << 20
+// MaxManifestSize bounds every manifest, index and config that layercache
+// reads whole into memory: a rebuild of index.json, the store's whole-blob
+// reads (store.MaxBlobInMemory) and every pull's. Registries refuse
+// manifests over 4 MiB (distribution's limit); twice that leaves room.
+const MaxManifestSize = 8 << 20
 
 // Media types of the Docker manifests that a rebuild recognises beside the
 // OCI ones.
@@ -141,36 +143,53 @@ func (p Path) storedImages(ctx context.Context) ([]ocispec.Descriptor, error) {
 // index whose bytes hash to d, returns its descriptor and, for an index,
 // the digests it lists.
 func readManifest(path string, d digest.Digest) (ocispec.Descriptor, []digest.Digest, bool) {
-	b, err := readSmallFile(path, maxManifestSize)
-	if err != nil || len(b) == 0 || len(b) > maxManifestSize || b[0] != '{' || d.Algorithm().FromBytes(b) != d {
+	b, err := readSmallFile(path, MaxManifestSize)
+	if err != nil || len(b) == 0 || len(b) > MaxManifestSize || b[0] != '{' || d.Algorithm().FromBytes(b) != d {
 		return ocispec.Descriptor{}, nil, false
 	}
 	var m struct {
 		SchemaVersion int                  `json:"schemaVersion"`
-		MediaType     string               `json:"mediaType"`
-		Config        *ocispec.Descriptor  `json:"config"`
-		Layers        []ocispec.Descriptor `json:"layers"`
 		Manifests     []ocispec.Descriptor `json:"manifests"`
 	}
 	if json.Unmarshal(b, &m) != nil || m.SchemaVersion != 2 {
 		return ocispec.Descriptor{}, nil, false
 	}
-	mt := m.MediaType
-	switch {
-	case mt == ocispec.MediaTypeImageIndex || mt == dockerManifestList || (mt == "" && m.Manifests != nil && m.Config == nil):
-		if mt == "" {
-			mt = ocispec.MediaTypeImageIndex
-		}
+	mt := ManifestMediaType(b)
+	switch mt {
+	case ocispec.MediaTypeImageIndex, dockerManifestList:
 		var children []digest.Digest
 		for _, c := range m.Manifests {
 			children = append(children, c.Digest)
 		}
 		return ocispec.Descriptor{MediaType: mt, Digest: d, Size: int64(len(b))}, children, true
-	case mt == ocispec.MediaTypeImageManifest || mt == dockerManifest || (mt == "" && m.Config != nil && m.Manifests == nil):
-		if mt == "" {
-			mt = ocispec.MediaTypeImageManifest
-		}
+	case ocispec.MediaTypeImageManifest, dockerManifest:
 		return ocispec.Descriptor{MediaType: mt, Digest: d, Size: int64(len(b))}, nil, true
 	}
 	return ocispec.Descriptor{}, nil, false
+}
+
+// ManifestMediaType returns the media type of the manifest or index raw:
+// its own mediaType field, or, when the field is absent (it is optional in
+// OCI manifests), what its shape says: an index lists manifests and has
+// no config, an image manifest the other way round. It returns "" for
+// anything else, which no pull or rebuild takes as a manifest. It is the
+// one sniffer of manifests in layercache.
+func ManifestMediaType(raw []byte) string {
+	var m struct {
+		MediaType string          `json:"mediaType"`
+		Config    json.RawMessage `json:"config"`
+		Manifests json.RawMessage `json:"manifests"`
+	}
+	if json.Unmarshal(raw, &m) != nil {
+		return ""
+	}
+	switch {
+	case m.MediaType != "":
+		return m.MediaType
+	case m.Manifests != nil && m.Config == nil:
+		return ocispec.MediaTypeImageIndex
+	case m.Config != nil && m.Manifests == nil:
+		return ocispec.MediaTypeImageManifest
+	}
+	return ""
 }

@@ -1,8 +1,6 @@
 package remotecache
 
 import (
-	"encoding/json"
-
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
@@ -26,22 +24,8 @@ func toHash(d digest.Digest) v1.Hash {
 	return v1.Hash{Algorithm: string(d.Algorithm()), Hex: d.Encoded()}
 }
 
-// sniffMediaType returns the media type of a manifest or index from its
-// own mediaType field, or from its shape when the field is absent (it is
-// optional in OCI manifests).
+// sniffMediaType returns the media type of a manifest or index: see
+// layout.ManifestMediaType, the one sniffer.
 func sniffMediaType(raw []byte) types.MediaType {
-	var m struct {
-		MediaType types.MediaType `json:"mediaType"`
-		Manifests json.RawMessage `json:"manifests"`
-	}
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return ""
-	}
-	if m.MediaType != "" {
-		return m.MediaType
-	}
-	if m.Manifests != nil {
-		return types.OCIImageIndex
-	}
-	return types.OCIManifestSchema1
+	return types.MediaType(layout.ManifestMediaType(raw))
 }

@@ -269,7 +269,6 @@ func (w *progressWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-
 func (p *puller) report(ev Progress) {
 	if p.o.progress != nil {
 		p.o.progress(ev)

@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/ocibuild/layercache/layout"
 )
 
 // bufSize is the read size of the store's copy loops. 256 KiB reads keep
@@ -83,7 +85,7 @@ func (s *Store) OpenVerified(ctx context.Context, d digest.Digest) (io.ReadClose
 // (package remotecache) reads none over 8 MiB from a registry. Without a
 // bound, a file planted at a manifest's digest (an 8 GiB sparse file costs
 // nothing to make) would make Get allocate its size and crash the process.
-const MaxBlobInMemory = 8 << 20
+const MaxBlobInMemory = layout.MaxManifestSize
 
 // Get returns the whole blob d, verified before it returns anything. It is
 // meant for manifests and configs: it holds the blob in memory, so avoid it
