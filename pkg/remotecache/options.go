@@ -26,6 +26,7 @@ type options struct {
 	allPlatforms bool
 	offline      bool // ResolveOffline
 	resolve      ResolvePolicy
+	mirrors      map[string][]Mirror // by registryKey of the upstream
 	jobs         int
 	logger       *slog.Logger
 	progress     func(Progress)
