@@ -44,7 +44,7 @@ new image is whole.
 --resolve says when a tag may come from the cache's index.json instead of the
 registry: "fallback" (the default) asks the registry and uses the recorded tag
 when it cannot be reached (refused, reset or timed-out connections, DNS
-failures, a gateway's 502/503/504); "remote" always asks and fails when it
+failures, a 5xx, or a 429 rate limit); "remote" always asks and fails when it
 cannot; "offline" never asks and fetches nothing (as --offline). Blobs are
 verified on every read whatever the policy, but a tag is only as trustworthy
 as the index.json it comes from: with "fallback", a cache restored from CI

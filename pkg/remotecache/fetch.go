@@ -47,6 +47,9 @@ type puller struct {
 	rp        *remote.Puller // shared by every request of the pull, so ggcr pings and authenticates once
 	rpErr     error
 	anonymous bool // the pull sends no credentials, as far as remotecache can tell (see eager.go)
+
+	hostsOnce sync.Once
+	hostList  []*host // mirrors, then the upstream (see hosts)
 }
 
 // resolved is a keychain that has resolved already.
@@ -152,6 +155,9 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 		p.o.warnOnce.warn("offline", "tag resolved offline from the cache's index.json", "ref", ref.Name(), "digest", cached.Digest)
 		return cached.Digest, nil, noop, nil
 	}
+	if d, ok := p.resolveOnMirrors(ctx, ref); ok {
+		return d, nil, noop, nil
+	}
 	rp, err := p.remote(ctx)
 	if err != nil {
 		return "", nil, noop, err
@@ -220,6 +226,32 @@ func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.D
 	p.o.warnOnce.warn("offline", "registry unreachable; tag resolved offline from the cache's index.json",
 		"ref", ref.Name(), "digest", cached.Digest, "err", err)
 	return cached.Digest, nil, noop, nil
+}
+
+// resolveOnMirrors asks the mirrors that may resolve tags (Mirror.Resolve)
+// for the digest ref names, in order, with a HEAD; the manifest then comes
+// from the store, or by digest from the hosts. A mirror that fails is
+// passed over, with one warning per kind; ok is false when none answered.
+func (p *puller) resolveOnMirrors(ctx context.Context, ref name.Reference) (digest.Digest, bool) {
+	for _, h := range p.hosts() {
+		if h.mirror == nil || !h.mirror.Resolve {
+			continue
+		}
+		rp, err := p.remoteOf(ctx, h)
+		var desc *v1.Descriptor
+		if err == nil {
+			desc, err = rp.Head(ctx, h.repo.Tag(ref.Identifier()))
+		}
+		var d digest.Digest
+		if err == nil {
+			d, err = toDigest(desc.Digest)
+		}
+		if err == nil {
+			return d, true
+		}
+		p.passedOver(h, failureKind(err), err)
+	}
+	return "", false
 }
 
 // neverWarmed is the error of a tag that the registry could not be asked
@@ -334,9 +366,11 @@ var errTooLarge = fmt.Errorf("larger than %d bytes", maxManifestSize)
 //   - a timeout: a dial to a host that is down, or behind a VPN that is
 //     off, times out with an error matching context.DeadlineExceeded, so
 //     only the caller's own ctx being done means the pull was called off;
-//   - a gateway's 502, 503 or 504 (after ggcr's retries): what an HTTP
-//     proxy, mirror or load balancer in front of a registry that is down
-//     answers instead of a refused connection.
+//   - a 5xx (after ggcr's retries): what an HTTP proxy, mirror or load
+//     balancer in front of a registry that is down answers instead of a
+//     refused connection;
+//   - a 429: a rate limit (Docker Hub's, on CI runners that share an
+//     address), which a cache that holds the image should ride out.
 //
 // An address that cannot be dialled at all (net.AddrError: a port out of
 // range) is a mistake in the reference, not an outage.
@@ -346,11 +380,7 @@ func unreachable(ctx context.Context, err error) bool {
 	}
 	var terr *transport.Error
 	if errors.As(err, &terr) {
-		switch terr.StatusCode {
-		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-			return true
-		}
-		return false
+		return terr.StatusCode == http.StatusTooManyRequests || terr.StatusCode >= 500
 	}
 	var addrErr *net.AddrError
 	if errors.As(err, &addrErr) {
@@ -373,33 +403,62 @@ func unreachable(ctx context.Context, err error) bool {
 }
 
 // manifest returns the manifest or index d, from the store or else from
-// the registry (and then stores it).
+// the hosts of the pull in turn (and then stores it).
 func (p *puller) manifest(ctx context.Context, d digest.Digest) ([]byte, error) {
 	return p.smallBlob(ctx, d, func() ([]byte, error) {
-		rp, err := p.remote(ctx)
-		if err != nil {
-			return nil, err
-		}
-		desc, err := rp.Get(ctx, p.repo.Digest(d.String()))
-		if err != nil {
-			return nil, err
-		}
-		return desc.Manifest, nil
+		return p.fromHosts(ctx, d, func(h *host) ([]byte, error) {
+			rp, err := p.remoteOf(ctx, h)
+			if err != nil {
+				return nil, err
+			}
+			desc, err := rp.Get(ctx, h.repo.Digest(d.String()))
+			if err != nil {
+				return nil, err
+			}
+			return desc.Manifest, nil
+		})
 	})
 }
 
 // config returns the config blob d, from the store or else from the
-// registry (and then stores it).
+// hosts of the pull in turn (and then stores it).
 func (p *puller) config(ctx context.Context, d digest.Digest) ([]byte, error) {
 	return p.smallBlob(ctx, d, func() ([]byte, error) {
-		// smallBlob checks the digest of what this returns.
-		rc, _, err := p.fetchBlob(ctx, d, -1)
-		if err != nil {
-			return nil, err
-		}
-		defer rc.Close()
-		return io.ReadAll(io.LimitReader(rc, maxManifestSize+1))
+		return p.fromHosts(ctx, d, func(h *host) ([]byte, error) {
+			rc, _, _, _, err := p.blobFrom(ctx, h, d, -1, 0)
+			if err != nil {
+				return nil, err
+			}
+			defer rc.Close()
+			return io.ReadAll(io.LimitReader(rc, maxManifestSize+1))
+		})
 	})
+}
+
+// fromHosts fetches the small blob d with get from each host of the pull
+// in turn, until one answers with bytes that hash to d: a host that
+// cannot serve it (see passOver) or serves wrong bytes is passed over for
+// the next. The last host's error is the caller's.
+func (p *puller) fromHosts(ctx context.Context, d digest.Digest, get func(*host) ([]byte, error)) ([]byte, error) {
+	hosts := p.hosts()
+	for i, h := range hosts {
+		b, err := get(h)
+		last := i+1 == len(hosts)
+		if err == nil && len(b) <= maxManifestSize && d.Algorithm().FromBytes(b) != d && !last {
+			err = fmt.Errorf("blob %s: %w", d, store.ErrDigestMismatch)
+			p.passedOver(h, "wrong bytes", err)
+			continue
+		}
+		if err != nil && !last && (passOver(ctx, err) || errors.Is(err, store.ErrDigestMismatch)) {
+			p.passedOver(h, failureKind(err), err)
+			continue
+		}
+		if err == nil {
+			p.stats.noteHost(h.name, int64(len(b))) // keepFetched counts the miss
+		}
+		return b, err
+	}
+	return nil, fmt.Errorf("blob %s: no host", d)
 }
 
 // smallBlob serves a blob that fits in memory (a manifest or a config):
@@ -498,11 +557,14 @@ func (p *puller) openLayer(ctx context.Context, d digest.Digest, size int64) (io
 	return p.step(d, size).open(ctx)
 }
 
-// step is the fetch step of blob d from the registry.
+// step is the fetch step of blob d from the registry, through its
+// mirrors first (see hosts).
 func (p *puller) step(d digest.Digest, size int64) *fetchStep {
+	hs := p.hostSource(d, size)
 	return &fetchStep{
-		s: p.s, d: d, size: size, from: p.repo.String(), src: p.blobSource(d, size),
-		hit: p.stats.hit, miss: p.stats.miss,
+		s: p.s, d: d, size: size, from: p.repo.String(), src: hs.open, nextHost: hs.next,
+		hit:         p.stats.hit,
+		miss:        func(n int64) { p.stats.missFrom(hs.current().name, n) },
 		noteReadErr: p.noteStoreReadError, noteWriteErr: p.noteStoreWriteError,
 	}
 }
@@ -519,61 +581,101 @@ func (p *puller) openCached(ctx context.Context, d digest.Digest) (io.ReadCloser
 	return rc, nil
 }
 
-// blobSource opens blob d from the registry through ggcr, with its
+// hostSource opens blob d from the hosts of the pull in turn: its
+// mirrors, then the upstream registry (see hosts).
+type hostSource struct {
+	p    *puller
+	d    digest.Digest
+	size int64
+	i    int // the host asked now
+}
+
+func (p *puller) hostSource(d digest.Digest, size int64) *hostSource {
+	return &hostSource{p: p, d: d, size: size}
+}
+
+func (hs *hostSource) current() *host { return hs.p.hosts()[hs.i] }
+
+// next passes over the host asked now, whose bytes were wrong, for the
+// next one; it reports false when there is none.
+func (hs *hostSource) next() bool {
+	hosts := hs.p.hosts()
+	if hs.i+1 >= len(hosts) {
+		return false
+	}
+	hs.p.passedOver(hosts[hs.i], "wrong bytes", fmt.Errorf("blob %s: %w", hs.d, store.ErrDigestMismatch))
+	hs.i++
+	return true
+}
+
+// open is the source of the fetch step: the host asked now, and on a
+// failure that says another host may do better (see passOver) the next.
+func (hs *hostSource) open(ctx context.Context, offset int64) (io.ReadCloser, int64, int64, bool, error) {
+	hosts := hs.p.hosts()
+	for {
+		h := hosts[hs.i]
+		body, start, total, raw, err := hs.p.blobFrom(ctx, h, hs.d, hs.size, offset)
+		if err == nil || hs.i+1 >= len(hosts) || !passOver(ctx, err) {
+			return body, start, total, raw, err
+		}
+		hs.p.passedOver(h, failureKind(err), err)
+		hs.i++
+	}
+}
+
+// blobFrom opens blob d from host h through ggcr, with its
 // authentication, retries and redirect handling, from offset on (a Range
 // request): the body came through the hand-off (see handoff.go) and is
 // raw, not verified yet. A caller's own transport (WithRemote) bypasses
 // the hand-off: the body is then ggcr's verifying reader, from zero. A raw
 // body whose length is not what the descriptor says (size, when known) is
 // refused before its first byte, as ggcr refuses one.
-func (p *puller) blobSource(d digest.Digest, size int64) source {
-	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, int64, bool, error) {
-		rp, err := p.remote(ctx)
-		if err != nil {
-			return nil, 0, 0, false, err
-		}
-		where := p.repo.Digest(d.String())
-		hctx, h := withHandoff(ctx, d, offset, size)
-		l, err := rp.Layer(hctx, where)
-		var rc io.ReadCloser
-		if err == nil {
-			rc, err = l.Compressed()
-		}
-		if resp := h.take(); resp != nil {
-			if rc != nil {
-				rc.Close()
-			}
-			start, total, ok := rangeStart(resp, offset)
-			if !ok {
-				resp.Body.Close()
-				p.o.logger.Debug("registry answered a Range request from elsewhere; fetching from zero", "digest", d,
-					"offset", offset, "contentRange", resp.Header.Get("Content-Range"))
-				return p.blobSource(d, size)(ctx, 0)
-			}
-			if size >= 0 && total >= 0 && total != size {
-				resp.Body.Close()
-				return nil, 0, 0, false, fmt.Errorf("fetching %s: %w: the registry sends %d bytes, the descriptor says %d",
-					where, store.ErrDigestMismatch, total, size)
-			}
-			p.o.logger.Debug("fetching blob, hashed once by the cache", "digest", d, "from", start, "size", total)
-			return resp.Body, start, total, true, nil
-		}
-		if err != nil && offset > 0 && ctx.Err() == nil {
-			// A registry that refuses the Range: ask for the whole blob.
-			p.o.logger.Debug("registry refused a Range request; fetching from zero", "digest", d, "offset", offset, "err", err)
-			return p.blobSource(d, size)(ctx, 0)
-		}
-		if err != nil {
-			return nil, 0, 0, false, fmt.Errorf("fetching %s: %w", where, err)
-		}
-		p.o.logger.Debug("fetching blob through ggcr's verifying reader (custom transport)", "digest", d)
-		return rc, 0, size, false, nil
+func (p *puller) blobFrom(ctx context.Context, h *host, d digest.Digest, size, offset int64) (io.ReadCloser, int64, int64, bool, error) {
+	rp, err := p.remoteOf(ctx, h)
+	if err != nil {
+		return nil, 0, 0, false, err
 	}
+	where := h.repo.Digest(d.String())
+	hctx, ho := withHandoff(ctx, d, offset, size)
+	l, err := rp.Layer(hctx, where)
+	var rc io.ReadCloser
+	if err == nil {
+		rc, err = l.Compressed()
+	}
+	if resp := ho.take(); resp != nil {
+		if rc != nil {
+			rc.Close()
+		}
+		start, total, ok := rangeStart(resp, offset)
+		if !ok {
+			resp.Body.Close()
+			p.o.logger.Debug("registry answered a Range request from elsewhere; fetching from zero", "digest", d,
+				"offset", offset, "contentRange", resp.Header.Get("Content-Range"))
+			return p.blobFrom(ctx, h, d, size, 0)
+		}
+		if size >= 0 && total >= 0 && total != size {
+			resp.Body.Close()
+			return nil, 0, 0, false, fmt.Errorf("fetching %s: %w: the registry sends %d bytes, the descriptor says %d",
+				where, store.ErrDigestMismatch, total, size)
+		}
+		p.o.logger.Debug("fetching blob, hashed once by the cache", "digest", d, "host", h.name, "from", start, "size", total)
+		return resp.Body, start, total, true, nil
+	}
+	if err != nil && offset > 0 && ctx.Err() == nil {
+		// A registry that refuses the Range: ask for the whole blob.
+		p.o.logger.Debug("registry refused a Range request; fetching from zero", "digest", d, "offset", offset, "err", err)
+		return p.blobFrom(ctx, h, d, size, 0)
+	}
+	if err != nil {
+		return nil, 0, 0, false, fmt.Errorf("fetching %s: %w", where, err)
+	}
+	p.o.logger.Debug("fetching blob through ggcr's verifying reader (custom transport)", "digest", d)
+	return rc, 0, size, false, nil
 }
 
 // fetchBlob opens blob d from the registry, from its first byte; raw says
 // the body is not verified yet (see blobSource).
 func (p *puller) fetchBlob(ctx context.Context, d digest.Digest, size int64) (io.ReadCloser, bool, error) {
-	rc, _, _, raw, err := p.blobSource(d, size)(ctx, 0)
+	rc, _, _, raw, err := p.hostSource(d, size).open(ctx, 0)
 	return rc, raw, err
 }

@@ -62,6 +62,9 @@ type fetchStep struct {
 	size int64  // expected size, or -1
 	from string // where the bytes come from, for errors
 	src  source
+	// nextHost, if set, passes over the source's host, whose bytes were
+	// wrong, for the next one; false when there is none.
+	nextHost func() bool
 	// drain says the caller only wants the blob stored (Warm): bytes it
 	// was handed that a later answer contradicts are no error for it.
 	drain bool

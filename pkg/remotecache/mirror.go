@@ -1,13 +1,20 @@
 package remotecache
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/ocibuild/layercache/pkg/store"
 )
 
 // Mirror is a registry host that a pull tries, in order, before the
@@ -124,5 +131,108 @@ func ParseMirror(s string) (reg string, m Mirror, err error) {
 	return reg, m, nil
 }
 
-// errNoHost is what a pull reports when every host was passed over.
-var errNoHost = errors.New("no host could serve it")
+
+// host is one place a pull asks: a mirror, or the upstream registry.
+type host struct {
+	name   string          // the mirror's URL, or the upstream's registry
+	repo   name.Repository // the pulled repository, on this host
+	mirror *Mirror         // nil for the upstream
+
+	once  sync.Once
+	rp    *remote.Puller
+	rpErr error
+}
+
+// hosts are the places a pull asks, in order: the mirrors of the
+// upstream's registry (WithMirrors), then the upstream. A mirror whose
+// URL does not make a repository is left out (WithMirrors checked it).
+func (p *puller) hosts() []*host {
+	p.hostsOnce.Do(func() {
+		for _, m := range p.o.mirrors[p.repo.RegistryStr()] {
+			r, err := m.repository(p.repo)
+			if err != nil {
+				continue
+			}
+			p.hostList = append(p.hostList, &host{name: m.URL, repo: r, mirror: &m})
+		}
+		p.hostList = append(p.hostList, &host{name: p.repo.RegistryStr(), repo: p.repo})
+	})
+	return p.hostList
+}
+
+// remoteOf returns the ggcr puller of host h: the pull's own for the
+// upstream, one of its own for a mirror, with the mirror's headers and
+// transport under the hand-off, and credentials from the keychain for the
+// mirror's own host.
+func (p *puller) remoteOf(ctx context.Context, h *host) (*remote.Puller, error) {
+	if h.mirror == nil {
+		return p.remote(ctx)
+	}
+	h.once.Do(func() {
+		base := p.o.transport
+		if h.mirror.Transport != nil {
+			base = h.mirror.Transport
+		}
+		if len(h.mirror.Header) > 0 {
+			base = &headerTransport{base: base, header: h.mirror.Header}
+		}
+		ro := []remote.Option{remote.WithTransport(&handoffTransport{base: base}), remote.WithJobs(p.o.jobs)}
+		if p.o.userAgent != "" {
+			ro = append(ro, remote.WithUserAgent(p.o.userAgent))
+		}
+		if p.o.keychain != nil {
+			ro = append(ro, remote.WithAuthFromKeychain(p.o.keychain))
+		}
+		ro = append(ro, p.o.remote...)
+		ro = append(ro, remote.WithContext(p.o.ctx))
+		h.rp, h.rpErr = remote.NewPuller(ro...)
+	})
+	return h.rp, h.rpErr
+}
+
+// headerTransport adds a mirror's headers to every request.
+type headerTransport struct {
+	base   http.RoundTripper
+	header http.Header
+}
+
+func (t *headerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	for k, v := range t.header {
+		req.Header[k] = v
+	}
+	return t.base.RoundTrip(req)
+}
+
+// passOver reports whether err from a host means the next host should be
+// asked: the host could not be reached, or answered 404, 429 or a 5xx.
+// Anything else (a 401 for want of credentials, say) is the pull's error.
+func passOver(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		return terr.StatusCode == http.StatusNotFound || terr.StatusCode == http.StatusTooManyRequests || terr.StatusCode >= 500
+	}
+	return unreachable(ctx, err)
+}
+
+// passedOver warns, once per host and kind of failure, that host h was
+// passed over for the next.
+func (p *puller) passedOver(h *host, kind string, err error) {
+	p.o.warnOnce.warn("mirror "+h.name+" "+kind, "mirror passed over; asking the next host",
+		"mirror", h.name, "why", kind, "err", err)
+}
+
+// failureKind names err for passedOver's one warning per kind.
+func failureKind(err error) string {
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		return strconv.Itoa(terr.StatusCode)
+	}
+	if errors.Is(err, store.ErrDigestMismatch) {
+		return "wrong bytes"
+	}
+	return "unreachable"
+}

@@ -164,8 +164,8 @@ type ResolvePolicy int
 const (
 	// ResolveFallback asks the registry, and uses the tag the cache
 	// recorded when the registry cannot be reached: a refused, reset or
-	// timed-out connection, a failed DNS lookup, or a gateway's 502, 503
-	// or 504. It trusts index.json as it is, including one restored from
+	// timed-out connection, a failed DNS lookup, a 5xx, or a 429 (a rate
+	// limit). It trusts index.json as it is, including one restored from
 	// a CI cache. The default.
 	ResolveFallback ResolvePolicy = iota
 	// ResolveRemote always asks the registry, and fails when it cannot.

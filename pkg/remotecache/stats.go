@@ -2,6 +2,7 @@ package remotecache
 
 import (
 	"context"
+	"maps"
 	"sync"
 
 	"github.com/ocibuild/layercache/pkg/store"
@@ -17,6 +18,7 @@ type counters struct {
 	hitBytes  int64
 	misses    int
 	missBytes int64
+	hosts     map[string]Tally // misses by host (missFrom)
 
 	record func(store.Stats)
 	user   *Counters // WithCounters
@@ -42,6 +44,34 @@ func (c *counters) miss(n int64) {
 	if c.record != nil {
 		c.record(store.Stats{Misses: 1, MissBytes: n})
 	}
+}
+
+// missFrom counts a miss of n bytes fetched from the named host (a
+// mirror's URL, or the upstream's registry).
+func (c *counters) missFrom(host string, n int64) {
+	c.noteHost(host, n)
+	c.miss(n)
+}
+
+// noteHost notes that a blob of n bytes came from the named host, for a
+// miss counted apart.
+func (c *counters) noteHost(host string, n int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hosts == nil {
+		c.hosts = map[string]Tally{}
+	}
+	t := c.hosts[host]
+	t.Blobs++
+	t.Bytes += n
+	c.hosts[host] = t
+}
+
+// byHost returns the blobs fetched from each host.
+func (c *counters) byHost() map[string]Tally {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.hosts)
 }
 
 func (c *counters) snapshot() (hits int, hitBytes int64, misses int, missBytes int64) {

@@ -211,7 +211,7 @@ func (t *teeReader) skipAhead(b []byte) error {
 		}
 		if t.skip > 0 {
 			t.skip -= int64(n)
-			if t.skip == 0 && t.w != nil && t.w.Digest() != t.skipWant && !t.f.drain {
+			if t.skip == 0 && (t.w == nil || t.w.Digest() != t.skipWant) && !t.f.drain {
 				// The caller has bytes that are not the blob's: it
 				// gets an error, and the store gets the blob.
 				t.poisoned = fmt.Errorf("%s: %w: the bytes served before the download was started again were wrong",
@@ -412,18 +412,15 @@ func (t *teeReader) end() error {
 		got = t.f.d // verified above us (ggcr's reader)
 	}
 	if got != t.f.d || (t.size >= 0 && t.n != t.size) {
-		if t.fromDisk && !t.retried && t.raw && t.w != nil {
-			t.retried, t.fromDisk = true, false
-			t.skip, t.skipWant = t.n, got
-			if err := t.w.Restart(); err != nil {
-				t.storeFailed(err)
-			}
-			t.n = 0
-			if err := t.connect(0); err == nil {
-				// connect from zero with nothing hashed set no skip.
-				t.skip, t.skipWant = t.delivered, got
-				return nil
-			}
+		// Bytes resumed from a partial file may have rotted on disk, and
+		// a mirror may serve wrong ones: either way the blob is fetched
+		// again from zero, from the upstream in the second case.
+		again := t.raw && t.w != nil && !t.retried && t.fromDisk
+		if !again && t.raw && t.f.nextHost != nil && t.f.nextHost() {
+			again = true
+		}
+		if again && t.restartFromZero(got) {
+			return nil
 		}
 		if got == "" {
 			return wrong("another digest")
@@ -445,6 +442,28 @@ func (t *teeReader) end() error {
 	}
 	t.finish()
 	return nil
+}
+
+// restartFromZero starts the download again from the blob's first byte
+// after the bytes hashed to got, not the digest: the store gets the new
+// bytes, and the caller, who has the old ones, gets no byte twice; its
+// bytes are checked against the new as they pass (skip). It reports
+// whether the new download started.
+func (t *teeReader) restartFromZero(got digest.Digest) bool {
+	t.retried, t.fromDisk = true, false
+	if t.w != nil {
+		if err := t.w.Restart(); err != nil {
+			t.storeFailed(err)
+		}
+	} else {
+		t.v = t.f.d.Verifier()
+	}
+	t.n = 0
+	if err := t.connect(0); err != nil {
+		return false
+	}
+	t.skip, t.skipWant = t.delivered, got
+	return true
 }
 
 // finish abandons any uncommitted write (keeping the partial file) and
