@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/ocibuild/layercache/integration/regtest"
+	"github.com/ocibuild/layercache/internal/testhook"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 )
 
@@ -247,18 +248,21 @@ func TestWarm_ImageThenPull(t *testing.T) {
 
 			ctx := t.Context()
 			if mode == "anonymous" {
-				// The Warm sends its GET by tag beside ggcr's ping, and
-				// gives it up if it has no answer a while after the
-				// ping's; ggcr then asks again: two manifest GETs,
-				// on a machine busy enough. The ping is answered only
-				// once the GET has been, so the GET's answer is first.
+				// The Warm sends its GET by tag beside ggcr's ping. In
+				// production it gives the GET up if it has no answer
+				// a while after the ping's, and ggcr asks again: two
+				// manifest GETs, on a machine busy enough to stall the
+				// client's goroutine that long. WithoutEagerGrace
+				// waits for the GET's answer however long it takes,
+				// and the ping is answered only once the GET has been,
+				// so the GET is the Warm's only one.
 				gate := regtest.NewGate()
 				p.Inject(regtest.HoldUntil(gate).Only(func(r *http.Request) bool { return r.URL.Path == "/v2/" }))
 				p.Inject(regtest.OpenAfter(gate).Only(regtest.IsManifestGet))
 				// A Warm that sent no GET beside the ping would wait
 				// for it forever.
 				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, time.Minute)
+				ctx, cancel = context.WithTimeout(testhook.WithoutEagerGrace(ctx), time.Minute)
 				defer cancel()
 			}
 			rep, err := remotecache.Warm(ctx, fx.tag, s, opts(t)...)

@@ -30,6 +30,7 @@ const (
 	OpPull        = "pull"        // remotecache.Image, every layer read through
 	OpWarm        = "warm"        // remotecache.Warm
 	OpGet         = "get"         // store.Get / Open of a known digest
+	OpInspect     = "inspect"     // store.Inspect of a known digest
 	OpDelete      = "delete"      // store.Delete of a stored blob
 	OpPrune       = "prune"       // store.Prune with a small size bound
 	OpClear       = "clear"       // store.Clear

@@ -17,6 +17,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/ocibuild/layercache/internal/testhook"
 )
 
 // Asking for a tag without waiting for the handshake.
@@ -161,6 +163,10 @@ type eagerCall struct {
 // request if it has no answer once the handshake has been done for as
 // long as it took (at least eagerGraceMin). An answer that has begun is
 // read to its end, as ggcr's would be.
+//
+// Tests that count requests turn the watch off with a context from
+// testhook.WithoutEagerGrace: the early request then ends only when it is
+// answered, fails, or ctx is done. Outside tests the watch always runs.
 func (p *puller) eagerStart(ctx context.Context, rp *remote.Puller, ref name.Reference) *eagerCall {
 	ectx, cancel := context.WithCancel(ctx)
 	c := &eagerCall{ctx: ectx, cancel: cancel, hs: make(chan struct{}), answered: make(chan struct{})}
@@ -169,6 +175,9 @@ func (p *puller) eagerStart(ctx context.Context, rp *remote.Puller, ref name.Ref
 		defer close(c.hs)
 		c.hsErr = handshake(ctx, rp, ref)
 	}()
+	if testhook.NoEagerGrace(ctx) {
+		return c
+	}
 	go func() {
 		select {
 		case <-c.hs:

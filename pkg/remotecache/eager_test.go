@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/ocibuild/layercache/internal/testhook"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
 )
@@ -146,6 +147,19 @@ func (f *front) early(t *testing.T, e string) bool {
 	return !slices.Contains(ev[:i], "ping answered")
 }
 
+// noGrace is the context of a pull whose requests a test counts. In
+// production, an early request with no answer once ggcr's handshake has
+// been done for a while (eagerGraceMin at least) is given up, and ggcr
+// asks instead: a goroutine stalled that long on a busy machine would
+// make one request by tag two. Under testhook.WithoutEagerGrace the
+// early request is waited for until it is answered; the minute bounds a
+// pull whose early request never is, so that it fails instead of hanging.
+func noGrace(t *testing.T) remotecache.Option {
+	ctx, cancel := context.WithTimeout(testhook.WithoutEagerGrace(t.Context()), time.Minute)
+	t.Cleanup(cancel)
+	return remotecache.WithContext(ctx)
+}
+
 // An anonymous pull asks for a tag's manifest (GET for a new tag, HEAD
 // for a recorded one) without waiting for ggcr's handshake. With a
 // WithRemote option, the pull may be authenticated, and the handshake
@@ -173,7 +187,7 @@ func TestImage_TagAskedBeforeHandshake(t *testing.T) {
 			s, _ := openStore(t)
 			for _, method := range []string{http.MethodGet, http.MethodHead} {
 				f.reset()
-				img, err := remotecache.Image(ref, s, tc.opts...)
+				img, err := remotecache.Image(ref, s, append(tc.opts, noGrace(t))...)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -194,6 +208,38 @@ func TestImage_TagAskedBeforeHandshake(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Under testhook.WithoutEagerGrace, an early GET answered well after
+// ggcr's handshake is still the pull's only request by tag: in production
+// it would have been given up and ggcr would have asked again.
+func TestImage_EarlyRequestWaitedForWithoutGrace(t *testing.T) {
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 49, 1, 1024))
+	f := newFront(t, reg, 0, false)
+	f.first = func(w http.ResponseWriter, req *http.Request) bool {
+		// Answer once the ping has been, and then some: past the grace
+		// the pull would give in production.
+		for !slices.Contains(f.seen(), "ping answered") {
+			select {
+			case <-req.Context().Done():
+				return true
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		time.Sleep(300 * time.Millisecond)
+		return false
+	}
+	ref := must(name.ParseReference(f.host() + "/test/img:v1"))
+	s, _ := openStore(t)
+	img, err := remotecache.Image(ref, s, noGrace(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.assertImage(t, img, fx.img)
+	if n := f.count("tag GET"); n != 1 {
+		t.Errorf("%d GETs by tag, want 1: the early one, waited for (events: %v)", n, f.seen())
 	}
 }
 
@@ -409,7 +455,7 @@ func TestImage_TagAskedOnTokenRegistry(t *testing.T) {
 			s, _ := openStore(t)
 			for _, method := range []string{http.MethodGet, http.MethodHead} {
 				kc.n.Store(0)
-				img, err := remotecache.Image(ref, s, tc.opts...)
+				img, err := remotecache.Image(ref, s, append(tc.opts, noGrace(t))...)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -495,7 +541,7 @@ func TestImage_EarlyGetCheckedAgainstHeader(t *testing.T) {
 	}
 	ref := must(name.ParseReference(f.host() + "/test/img:v1"))
 	s, _ := openStore(t)
-	if _, err := remotecache.Image(ref, s); !errors.Is(err, store.ErrDigestMismatch) {
+	if _, err := remotecache.Image(ref, s, noGrace(t)); !errors.Is(err, store.ErrDigestMismatch) {
 		t.Fatalf("Image with a manifest that does not match its Docker-Content-Digest: %v, want ErrDigestMismatch", err)
 	}
 	if !f.early(t, "tag GET") || f.count("tag GET") != 1 {

@@ -29,7 +29,7 @@ func runOp(args []string) (torture.Result, error) {
 		seed    = fs.Uint64("seed", 1, "put: seed of the bytes and of the read sizes")
 		maxSize = fs.Int64("max-size", 1, "prune: size bound")
 		refName = fs.String("ref-name", "torture/tag:1", "tag: the ref name")
-		target  = fs.String("target", "", "tag: the digest to tag")
+		target  = fs.String("target", "", "tag: the digest to tag; get, inspect: the digest to read")
 		images  specList
 	)
 	fs.Var(&images, "image", "pull, warm: the image (REF|DIGEST|SIZE)")
@@ -92,6 +92,22 @@ func runOp(args []string) (torture.Result, error) {
 	case torture.OpClear:
 		if err := s.Clear(ctx); err != nil {
 			return res, err
+		}
+	case torture.OpGet, torture.OpInspect:
+		d, err := digest.Parse(*target)
+		if err != nil {
+			return res, err
+		}
+		get := s.Get
+		if *op == torture.OpInspect {
+			get = s.Inspect
+		}
+		b, err := get(ctx, d)
+		if err != nil {
+			return res, err
+		}
+		if got := digest.FromBytes(b); got != d {
+			res.Violations = append(res.Violations, fmt.Sprintf("%s %s returned bytes hashing to %s", *op, d, got))
 		}
 	case torture.OpTag:
 		d, err := digest.Parse(*target)
