@@ -673,9 +673,3 @@ func (p *puller) blobFrom(ctx context.Context, h *host, d digest.Digest, size, o
 	return rc, 0, size, false, nil
 }
 
-// fetchBlob opens blob d from the registry, from its first byte; raw says
-// the body is not verified yet (see blobSource).
-func (p *puller) fetchBlob(ctx context.Context, d digest.Digest, size int64) (io.ReadCloser, bool, error) {
-	rc, _, _, raw, err := p.hostSource(d, size).open(ctx, 0)
-	return rc, raw, err
-}

@@ -19,14 +19,17 @@ import (
 
 // Report says what Warm did. Its JSON field names are stable.
 type Report struct {
-	Ref       string        `json:"ref"`       // the reference warmed, fully qualified
-	Digest    string        `json:"digest"`    // digest of its manifest or index
-	MediaType string        `json:"mediaType"` // media type of that manifest or index
-	Platforms []string      `json:"platforms"` // platforms warmed, for an index
-	Offline   bool          `json:"offline"`   // the tag was resolved from index.json
-	Cached    Tally         `json:"cached"`    // blobs found in the cache, verified
-	Fetched   Tally         `json:"fetched"`   // blobs fetched from the registry
-	Duration  time.Duration `json:"durationNs"`
+	Ref       string   `json:"ref"`       // the reference warmed, fully qualified
+	Digest    string   `json:"digest"`    // digest of its manifest or index
+	MediaType string   `json:"mediaType"` // media type of that manifest or index
+	Platforms []string `json:"platforms"` // platforms warmed, for an index
+	Offline   bool     `json:"offline"`   // the tag was resolved from index.json
+	Cached    Tally    `json:"cached"`    // blobs found in the cache, verified
+	Fetched   Tally    `json:"fetched"`   // blobs fetched from the registry
+	// Hosts splits Fetched by where each blob came from (a mirror's URL,
+	// or the upstream's registry), for a pull with mirrors (WithMirrors).
+	Hosts    map[string]Tally `json:"hosts,omitempty"`
+	Duration time.Duration    `json:"durationNs"`
 }
 
 // Tally counts blobs and their bytes.
@@ -160,6 +163,9 @@ func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Optio
 		}
 	}
 	rep.Cached.Blobs, rep.Cached.Bytes, rep.Fetched.Blobs, rep.Fetched.Bytes = p.stats.snapshot()
+	if len(p.hosts()) > 1 {
+		rep.Hosts = p.stats.byHost()
+	}
 	recordTo(ctx, s)(store.Stats{
 		Hits: int64(rep.Cached.Blobs), HitBytes: rep.Cached.Bytes,
 		Misses: int64(rep.Fetched.Blobs), MissBytes: rep.Fetched.Bytes,
