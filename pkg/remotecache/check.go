@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
@@ -238,7 +239,11 @@ func (c *checker) checkRef(ctx context.Context, ref name.Reference) (*imageFound
 		if ferr := fatal(err); ferr != nil {
 			return nil, ferr
 		}
-		im.problem("manifest", d.String(), im.MediaType, "", err)
+		kind := "manifest"
+		if types.MediaType(im.MediaType).IsIndex() { // as index.json says
+			kind = "index"
+		}
+		im.problem(kind, d.String(), im.MediaType, "", err)
 		return im, nil
 	}
 	desc := v1.Descriptor{MediaType: sniffMediaType(raw), Digest: toHash(d), Size: int64(len(raw))}
