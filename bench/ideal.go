@@ -11,6 +11,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	kgzip "github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
 )
 
 // The ideals: what the machine does with the same files and no library in
@@ -106,18 +107,24 @@ func idealReadParallel(files []blobFile, n int) error {
 	return first
 }
 
-// gunzipper opens a gzip stream: klauspost/compress/gzip (what the library
-// uses) or the standard library's.
-type gunzipper func(io.Reader) (io.Reader, error)
+// decoder opens a compressed stream: klauspost/compress/gzip (what the
+// library uses) or the standard library's, or klauspost/compress/zstd.
+type decoder func(io.Reader) (io.Reader, error)
 
 func klauspostGunzip(r io.Reader) (io.Reader, error) { return kgzip.NewReader(r) }
 func stdlibGunzip(r io.Reader) (io.Reader, error)    { return stdgzip.NewReader(r) }
+
+// klauspostZstd is the zstd decoder as the library sets it up: decoding
+// on the reading goroutine, the window bounded.
+func klauspostZstd(r io.Reader) (io.Reader, error) {
+	return zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(128<<20))
+}
 
 // idealUncompressed is the ideal verified uncompressed read: read, gunzip
 // and sha256 the output of every file, checked against the diff ID. With
 // alsoDigest it hashes the compressed bytes on the way too, and checks the
 // digest: the same single pass, with both of the library's checks.
-func idealUncompressed(files []blobFile, gunzip gunzipper, alsoDigest bool) error {
+func idealUncompressed(files []blobFile, gunzip decoder, alsoDigest bool) error {
 	buf := make([]byte, idealBufSize)
 	for _, f := range files {
 		if err := idealUncompressedFile(f, gunzip, alsoDigest, buf); err != nil {
@@ -127,7 +134,7 @@ func idealUncompressed(files []blobFile, gunzip gunzipper, alsoDigest bool) erro
 	return nil
 }
 
-func idealUncompressedFile(f blobFile, gunzip gunzipper, alsoDigest bool, buf []byte) error {
+func idealUncompressedFile(f blobFile, gunzip decoder, alsoDigest bool, buf []byte) error {
 	file, err := os.Open(f.path)
 	if err != nil {
 		return err
@@ -142,6 +149,9 @@ func idealUncompressedFile(f blobFile, gunzip gunzipper, alsoDigest bool, buf []
 	zr, err := gunzip(br)
 	if err != nil {
 		return fmt.Errorf("%s: %w", f.path, err)
+	}
+	if c, ok := zr.(interface{ Close() }); ok {
+		defer c.Close() // zstd's, which frees its buffers
 	}
 	uh := sha256.New()
 	if _, err := io.CopyBuffer(uh, zr, buf); err != nil {

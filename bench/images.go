@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -95,12 +96,14 @@ type imageSpec struct {
 	kind      string
 	layers    int
 	layerSize int64 // compressed bytes per layer, approximately
+	zstd      bool  // zstd layers instead of gzip (realistic content only)
 }
 
-// memLayer is a gzip layer held in memory, with its digests computed
-// once, so that pushing it costs no hashing.
+// memLayer is a gzip (or zstd) layer held in memory, with its digests
+// computed once, so that pushing it costs no hashing.
 type memLayer struct {
-	gz     []byte
+	gz     []byte // the compressed bytes, gzip or zstd as zstd says
+	zstd   bool
 	digest v1.Hash
 	diffID v1.Hash
 	usize  int64
@@ -108,14 +111,26 @@ type memLayer struct {
 
 var _ v1.Layer = (*memLayer)(nil)
 
-func (l *memLayer) Digest() (v1.Hash, error)            { return l.digest, nil }
-func (l *memLayer) DiffID() (v1.Hash, error)            { return l.diffID, nil }
-func (l *memLayer) Size() (int64, error)                { return int64(len(l.gz)), nil }
-func (l *memLayer) MediaType() (types.MediaType, error) { return types.OCILayer, nil }
+func (l *memLayer) Digest() (v1.Hash, error) { return l.digest, nil }
+func (l *memLayer) DiffID() (v1.Hash, error) { return l.diffID, nil }
+func (l *memLayer) Size() (int64, error)     { return int64(len(l.gz)), nil }
+func (l *memLayer) MediaType() (types.MediaType, error) {
+	if l.zstd {
+		return types.OCILayerZStd, nil
+	}
+	return types.OCILayer, nil
+}
 func (l *memLayer) Compressed() (io.ReadCloser, error) {
 	return io.NopCloser(bytes.NewReader(l.gz)), nil
 }
 func (l *memLayer) Uncompressed() (io.ReadCloser, error) {
+	if l.zstd {
+		zr, err := zstd.NewReader(bytes.NewReader(l.gz))
+		if err != nil {
+			return nil, err
+		}
+		return zr.IOReadCloser(), nil
+	}
 	zr, err := gzip.NewReader(bytes.NewReader(l.gz))
 	if err != nil {
 		return nil, err
@@ -124,23 +139,31 @@ func (l *memLayer) Uncompressed() (io.ReadCloser, error) {
 }
 
 // layerWriter turns a tar stream into a gzip layer in memory, hashing
-// both forms on the way. The compressor is the standard library's, as
-// in ggcr's tarball package and most image builders.
+// both forms on the way. The gzip compressor is the standard library's,
+// as in ggcr's tarball package and most image builders; the zstd one is
+// klauspost/compress's at its default level, which ggcr uses too.
 type layerWriter struct {
 	buf    bytes.Buffer
 	dh, uh hash.Hash // digest (compressed), diff ID (uncompressed)
-	zw     *gzip.Writer
+	zw     io.WriteCloser
+	zstd   bool
 	usize  int64
 }
 
-func newLayerWriter(level int, sizeHint int64) (*layerWriter, error) {
-	w := &layerWriter{dh: sha256.New(), uh: sha256.New()}
+// newLayerWriter makes a gzip layer of the given level, or with zstd a
+// zstd layer (and level is not used).
+func newLayerWriter(level int, sizeHint int64, zstdLayer bool) (*layerWriter, error) {
+	w := &layerWriter{dh: sha256.New(), uh: sha256.New(), zstd: zstdLayer}
 	w.buf.Grow(int(sizeHint + sizeHint/16))
-	zw, err := gzip.NewWriterLevel(io.MultiWriter(&w.buf, w.dh), level)
+	var err error
+	if zstdLayer {
+		w.zw, err = zstd.NewWriter(io.MultiWriter(&w.buf, w.dh), zstd.WithEncoderConcurrency(1))
+	} else {
+		w.zw, err = gzip.NewWriterLevel(io.MultiWriter(&w.buf, w.dh), level)
+	}
 	if err != nil {
 		return nil, err
 	}
-	w.zw = zw
 	return w, nil
 }
 
@@ -160,6 +183,7 @@ func (w *layerWriter) finish() (*memLayer, error) {
 	}
 	return &memLayer{
 		gz:     w.buf.Bytes(),
+		zstd:   w.zstd,
 		digest: v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", w.dh.Sum(nil))},
 		diffID: v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", w.uh.Sum(nil))},
 		usize:  w.usize,
@@ -169,7 +193,7 @@ func (w *layerWriter) finish() (*memLayer, error) {
 // randomLayer is a tar of one file of random bytes, gzip level 1, about
 // size bytes compressed. seed makes each layer distinct.
 func randomLayer(size int64, seed uint64) (*memLayer, error) {
-	w, err := newLayerWriter(gzip.BestSpeed, size)
+	w, err := newLayerWriter(gzip.BestSpeed, size, false)
 	if err != nil {
 		return nil, err
 	}
@@ -238,12 +262,12 @@ func listGOROOT() (string, []gorootFile, error) {
 	return root, files, nil
 }
 
-// realisticLayer is a tar of the toolchain tree, gzip level 6, cut at the
-// first file boundary past size compressed bytes. Layer index starts at
-// its own offset in the tree and wraps around under a new prefix, so the
-// layers differ although they draw from one tree.
-func realisticLayer(root string, files []gorootFile, size int64, index, of int) (*memLayer, error) {
-	w, err := newLayerWriter(gzip.DefaultCompression, size)
+// realisticLayer is a tar of the toolchain tree, gzip level 6 (or zstd),
+// cut at the first file boundary past size compressed bytes. Layer index
+// starts at its own offset in the tree and wraps around under a new
+// prefix, so the layers differ although they draw from one tree.
+func realisticLayer(root string, files []gorootFile, size int64, index, of int, zstdLayer bool) (*memLayer, error) {
+	w, err := newLayerWriter(gzip.DefaultCompression, size, zstdLayer)
 	if err != nil {
 		return nil, err
 	}
@@ -307,7 +331,7 @@ func buildAndPush(ctx context.Context, host string, spec imageSpec, seed uint64)
 			case kindRandom:
 				layers[i], err = randomLayer(spec.layerSize, seed*1000+uint64(i))
 			case kindRealistic:
-				layers[i], err = realisticLayer(root, files, spec.layerSize, i, spec.layers)
+				layers[i], err = realisticLayer(root, files, spec.layerSize, i, spec.layers, spec.zstd)
 			default:
 				err = fmt.Errorf("unknown content kind %q", spec.kind)
 			}

@@ -188,6 +188,7 @@ func (b *bench) measure(ctx context.Context) {
 		)
 	}
 	sets = append(sets,
+		set{"warm hit Uncompressed zstd", b.warmHitUncompressedZstd},
 		set{"peak RSS", b.peakRSS},
 		set{"4 processes", b.concurrentProcesses},
 		set{"CLI", b.cliFigures},

@@ -36,7 +36,10 @@ func (b *bench) setup(ctx context.Context) error {
 }
 
 // imageNames are the images the figures use, in the order of the report.
-var imageNames = []string{kindRandom, kindRealistic, "rss", "latency"}
+var imageNames = []string{kindRandom, kindRealistic, "rss", "latency", realisticZstd}
+
+// realisticZstd is the realistic image with zstd layers.
+const realisticZstd = "realistic-zstd"
 
 // spec is what image name is made of in this mode.
 func (b *bench) spec(name string) imageSpec {
@@ -45,6 +48,8 @@ func (b *bench) spec(name string) imageSpec {
 		return imageSpec{name: name, kind: kindRandom, layers: 1, layerSize: b.sizes.rssLayer}
 	case "latency":
 		return imageSpec{name: name, kind: kindRandom, layers: b.sizes.latencyLayers, layerSize: b.sizes.latencySize}
+	case realisticZstd:
+		return imageSpec{name: name, kind: kindRealistic, layers: b.sizes.layers, layerSize: b.sizes.layerSize, zstd: true}
 	default:
 		return imageSpec{name: name, kind: name, layers: b.sizes.layers, layerSize: b.sizes.layerSize}
 	}

@@ -251,3 +251,37 @@ func id(n, kind string) string {
 	}
 	return n + "r"
 }
+
+// warmHitUncompressedZstd: Uncompressed() of every zstd layer of the
+// realistic image through remotecache.Image, against read + zstd +
+// sha256 of the same files. No target was set for it: it is info.
+func (b *bench) warmHitUncompressedZstd(ctx context.Context) error {
+	im, s, err := b.filledStore(ctx, realisticZstd)
+	if err != nil {
+		return err
+	}
+	ref, err := im.byDigest(b.reg.host)
+	if err != nil {
+		return err
+	}
+	files := b.layerFiles(realisticZstd)
+	cached := []string{b.stores[realisticZstd]}
+	n := im.uncompressedBytes()
+	lib := variant{name: "remotecache.Image", unit: unitSeconds, bytes: n, files: cached, inProcess: true,
+		run: timed(func(ctx context.Context) error {
+			img, err := remotecache.Image(ref, s, remotecache.WithContext(ctx))
+			if err != nil {
+				return err
+			}
+			return drainUncompressed(img)
+		})}
+	ideal := variant{name: "ideal read+zstd(klauspost)+sha256", unit: unitSeconds, bytes: n, files: cached, inProcess: true,
+		run: timed(func(context.Context) error { return idealUncompressed(files, klauspostZstd, false) })}
+	st, err := b.sample(ctx, "warm hit Uncompressed zstd", lib, ideal)
+	if err != nil {
+		return err
+	}
+	b.addRow("2Z", "warm hit, Uncompressed() of zstd layers, remotecache.Image (A) vs ideal read + zstd (klauspost) + sha256 (B)", "realistic, zstd",
+		st[0], st[1], infoSpeed())
+	return nil
+}

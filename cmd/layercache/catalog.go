@@ -8,6 +8,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -24,6 +25,9 @@ type imageEntry struct {
 	Digest    string   `json:"digest"`
 	MediaType string   `json:"mediaType"`
 	Platforms []string `json:"platforms"`
+	// Attestations counts the attestation manifests of the index that
+	// the cache holds (warm --attestations); they are not platforms.
+	Attestations int `json:"attestations"`
 	// Size is the bytes of every blob of the ref that the cache holds:
 	// manifests, configs and layers.
 	Size     int64  `json:"size"`
@@ -80,11 +84,14 @@ func (c *catalog) walk(ctx context.Context, s *store.Store, desc ocispec.Descrip
 			return
 		}
 		for _, child := range im.Manifests {
-			od := ocispec.Descriptor{MediaType: string(child.MediaType), Digest: digest.Digest(child.Digest.String()), Size: child.Size}
+			od := ocispec.Descriptor{MediaType: string(child.MediaType), Digest: digest.Digest(child.Digest.String()), Size: child.Size, Annotations: child.Annotations}
 			if _, err := s.Stat(ctx, od.Digest); err != nil {
 				continue // a platform that was not warmed
 			}
-			if child.Platform != nil {
+			switch {
+			case remotecache.IsAttestation(child):
+				e.Attestations++
+			case child.Platform != nil:
 				e.Platforms = append(e.Platforms, child.Platform.String())
 			}
 			c.walk(ctx, s, od, e, seen)
@@ -98,7 +105,8 @@ func (c *catalog) walk(ctx context.Context, s *store.Store, desc ocispec.Descrip
 	c.mediaTypes[digest.Digest(m.Config.Digest.String())] = string(m.Config.MediaType)
 	if cinfo, err := s.Stat(ctx, digest.Digest(m.Config.Digest.String())); err == nil {
 		e.Size += cinfo.Size
-		if len(e.Platforms) == 0 || desc.Platform == nil {
+		// An attestation's config says unknown/unknown: not a platform.
+		if (len(e.Platforms) == 0 || desc.Platform == nil) && desc.Annotations[remotecache.AnnotationReferenceType] != remotecache.ReferenceTypeAttestation {
 			if raw, err := s.Inspect(ctx, digest.Digest(m.Config.Digest.String())); err == nil {
 				if cf, err := v1.ParseConfigFile(bytes.NewReader(raw)); err == nil && cf.OS != "" && !contains(e.Platforms, cf.Platform().String()) {
 					e.Platforms = append(e.Platforms, cf.Platform().String())

@@ -18,7 +18,7 @@ func TestRunExitCodes(t *testing.T) {
 	const missing = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b"
 	tests := []struct {
 		name string
-		args []string // after --cache-dir DIR; "{digest}" is what setup returned
+		args []string // after --cache-dir DIR; "{digest}" is what setup returned (a digest, or a file's path)
 		// setup prepares the cache directory dir, which does not exist
 		// yet, and returns a digest for the args.
 		setup func(t *testing.T, dir string) string
@@ -61,6 +61,19 @@ func TestRunExitCodes(t *testing.T) {
 		{name: "unparsable reference", args: []string{"warm", "Not A/Reference"}, code: exitUsage, want: "parsing reference"},
 		{name: "clear without --yes off a terminal", args: []string{"clear"}, code: exitUsage, want: "refusing to clear"},
 		{name: "demo of no layers", args: []string{"demo", "--layers", "0"}, code: exitUsage, want: "must be at least 1"},
+		{name: "check without an image", args: []string{"check"}, code: exitUsage, want: "check needs at least one IMAGE"},
+		{name: "check of an unparsable reference", args: []string{"check", "Not A/Reference"}, code: exitUsage, want: "parsing reference"},
+		{name: "check of a platform and all platforms", args: []string{"check", "--platform", "linux/arm64", "--all-platforms", f.multi}, code: exitUsage, want: "cannot be used together"},
+		{name: "check of a malformed platform", args: []string{"check", "--platform", "linux/amd64/v3/extra", f.multi}, code: exitUsage, want: "--platform"},
+		{name: "no jobs for check", args: []string{"check", "-j", "0", f.single}, code: exitUsage, want: "--jobs must be at least 1"},
+		{name: "attestations of one platform", args: []string{"warm", "--attestations", f.multi}, code: exitUsage, want: "--attestations needs --all-platforms"},
+		{name: "check of attestations of one platform", args: []string{"check", "--attestations", f.multi}, code: exitUsage, want: "--attestations needs --all-platforms"},
+		{name: "image list line of two words", args: []string{"warm", "--from", "{digest}"}, setup: listFile("# two on one line\n" + f.single + " " + f.multi + "\n"), code: exitUsage, want: ":2: " + `"` + f.single + " " + f.multi + `" holds more than one word`},
+		{name: "image list line that does not parse", args: []string{"check", "--from", "{digest}"}, setup: listFile(f.single + "\n\nNot/A/Reference!\n"), code: exitUsage, want: `:3: parsing reference "Not/A/Reference!"`},
+		{name: "image list of nothing", args: []string{"warm", "--from", "{digest}"}, setup: listFile("# nothing\n\n"), code: exitUsage, want: "warm needs at least one IMAGE: "},
+		{name: "image list line too long", args: []string{"warm", "--from", "{digest}"}, setup: listFile(strings.Repeat("x", 70000)), code: exitUsage, want: ":1: line longer than 65536 bytes"},
+		{name: "pin without a file", args: []string{"pin"}, code: exitUsage, want: "needs one FILE"},
+		{name: "pin of a line that does not parse", args: []string{"pin", "{digest}"}, setup: listFile("Not/A/Reference!\n"), code: exitUsage, want: `:1: parsing reference "Not/A/Reference!"`},
 
 		// Failures: exit 1.
 		{name: "cache dir is a file", args: []string{"ls"}, setup: writeFile, code: exitFail, want: "it is a file, not a directory; point --cache-dir"},
@@ -74,6 +87,8 @@ func TestRunExitCodes(t *testing.T) {
 		{name: "two images failing", args: []string{"warm", f.host + "/test/nope:v1", f.dead + "/test/base:v1"}, code: exitFail, want: "registry unreachable"},
 		{name: "platform the index lacks", args: []string{"warm", "--platform", "windows/amd64", f.multi}, code: exitFail, want: "no image for platform windows/amd64"},
 		{name: "offline, never warmed", args: []string{"warm", "--offline", f.single}, code: exitFail, want: "warm the image while the registry is reachable"},
+		{name: "image list that is not there", args: []string{"warm", "--from", "/nonexistent/images.txt"}, code: exitFail, want: "/nonexistent/images.txt: no such file or directory"},
+		{name: "pin of a tag never warmed", args: []string{"pin", "{digest}"}, setup: listFile(f.single + "\n"), code: exitFail, want: ":1: " + f.single + " is not in the cache; warm it first; the file was not changed"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -108,6 +123,7 @@ func TestRunExitCodes(t *testing.T) {
 // rather than an error line.
 func TestRunExitReports(t *testing.T) {
 	t.Parallel()
+	f := newFixture(t)
 	t.Run("verify finds a corrupted blob", func(t *testing.T) {
 		t.Parallel()
 		dir := filepath.Join(t.TempDir(), "cache")
@@ -123,6 +139,28 @@ func TestRunExitReports(t *testing.T) {
 			t.Errorf("stderr = %q, want nothing: the report is the output", stderr)
 		}
 	})
+	t.Run("check of an image never warmed", func(t *testing.T) {
+		t.Parallel()
+		dir := filepath.Join(t.TempDir(), "cache")
+		code, stdout, stderr := runCLI(t, "", "--cache-dir", dir, "check", f.single)
+		if code != exitFail {
+			t.Errorf("exit %d, want %d", code, exitFail)
+		}
+		if want := "missing: " + f.single + ": the tag was never warmed into this cache\n"; !strings.HasPrefix(stdout, want) {
+			t.Errorf("stdout = %q, want it to start with %q", stdout, want)
+		}
+		if stderr != "" {
+			t.Errorf("stderr = %q, want nothing: the report is the output", stderr)
+		}
+	})
+	t.Run("check of a warmed image", func(t *testing.T) {
+		t.Parallel()
+		dir := filepath.Join(t.TempDir(), "cache")
+		mustRun(t, "--cache-dir", dir, "warm", f.single)
+		if code, _, stderr := runCLI(t, "", "--cache-dir", dir, "check", f.single); code != exitOK {
+			t.Errorf("exit %d, want %d; stderr: %s", code, exitOK, stderr)
+		}
+	})
 	t.Run("verify --repair removes it", func(t *testing.T) {
 		t.Parallel()
 		dir := filepath.Join(t.TempDir(), "cache")
@@ -131,6 +169,18 @@ func TestRunExitReports(t *testing.T) {
 			t.Errorf("exit %d, want %d; stderr: %s", code, exitOK, stderr)
 		}
 	})
+}
+
+// listFile returns a setup that writes an image list of text beside the
+// cache directory and returns its path.
+func listFile(text string) func(t *testing.T, dir string) string {
+	return func(t *testing.T, dir string) string {
+		path := filepath.Join(filepath.Dir(dir), "images.txt")
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
 }
 
 // writeFile makes the cache directory a file.

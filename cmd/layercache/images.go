@@ -16,7 +16,9 @@ func newImagesCmd(g *globals) *cobra.Command {
 		Long: `List the references warmed into the cache, with the digest they resolved to,
 the platforms cached, the bytes the cache holds for them and their last use.
 An image marked incomplete misses blobs: it lost some (to prune, say), or a
-warm of it failed or is still running. Warm it again.`,
+warm of it failed or is still running. Warm it again. The attestation manifests
+(SBOMs, provenance) that BuildKit adds to an index are not platforms: those
+the cache holds (warm --attestations) are counted apart.`,
 		Example: `  layercache images
   layercache images --json | jq -r '.[].ref'`,
 		Args: noArgs,
@@ -49,8 +51,12 @@ warm of it failed or is still running. Warm it again.`,
 				if !e.Complete {
 					size += " (incomplete)"
 				}
+				platforms := strings.Join(printables(e.Platforms), ",")
+				if e.Attestations > 0 {
+					platforms += fmt.Sprintf(" (+%d attestations)", e.Attestations)
+				}
 				last, _ := time.Parse(time.RFC3339, e.LastUsed)
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(e.Ref), shortDigest(e.Digest), strings.Join(printables(e.Platforms), ","), size, ago(now, last))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(e.Ref), shortDigest(e.Digest), platforms, size, ago(now, last))
 			}
 			return tw.Flush()
 		},

@@ -57,6 +57,7 @@ func TestScripts(t *testing.T) {
 			for k, v := range f.env() {
 				e.Setenv(k, v)
 			}
+			e.Values[registriesKey{}] = map[string]func(){}
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
@@ -70,8 +71,52 @@ func TestScripts(t *testing.T) {
 			"lines":    cmdLines,
 			"chtimes":  cmdChtimes,
 			"mkfifo":   cmdMkfifo,
+			"registry": f.cmdRegistry,
+			"expand":   cmdExpand,
 		},
 	})
+}
+
+// registriesKey holds, in a script's Values, the stop funcs of the
+// registries it started, by variable name.
+type registriesKey struct{}
+
+// cmdRegistry: registry start VAR serves the fixture's images from a
+// registry of the script's own, and sets VAR to its host:port; registry
+// stop VAR stops it, so that the script can show what works without it.
+func (f *fixture) cmdRegistry(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: registry start|stop VAR")
+	}
+	stops := ts.Value(registriesKey{}).(map[string]func())
+	switch args[0] {
+	case "start":
+		host, stop, shutdown, err := f.startRegistry()
+		ts.Check(err)
+		ts.Defer(shutdown)
+		stops[args[1]] = stop
+		ts.Setenv(args[1], host)
+	case "stop":
+		stop, ok := stops[args[1]]
+		if !ok {
+			ts.Fatalf("registry stop %s: no registry started as %s", args[1], args[1])
+		}
+		stop()
+	default:
+		ts.Fatalf("usage: registry start|stop VAR")
+	}
+}
+
+// cmdExpand: expand FILE... replaces $VAR and ${VAR} in each file with the
+// script's variables, so that an image list in the archive can name the
+// fixture's registry, whose port changes from run to run.
+func cmdExpand(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) == 0 {
+		ts.Fatalf("usage: expand FILE...")
+	}
+	for _, f := range args {
+		ts.Check(os.WriteFile(ts.MkAbs(f), []byte(os.Expand(ts.ReadFile(f), ts.Getenv)), 0o644))
+	}
 }
 
 // blobPath is where the cache of the script keeps blob d.

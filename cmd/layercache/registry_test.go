@@ -5,9 +5,11 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -17,21 +19,27 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // fixture is an in-process registry (ggcr's pkg/registry behind
 // httptest, as crane's own tests do) holding two pushed images:
 //
-//   - single: one platform (linux/amd64), a config and three random layers;
-//   - multi: an image index of linux/amd64 and linux/arm64, two layers each.
+//   - single: one platform (linux/amd64), a config and three random layers,
+//     tagged v1 and latest;
+//   - multi: an image index of linux/amd64 and linux/arm64, two layers each;
+//   - attest: multi's two images and an attestation manifest about the
+//     first, as BuildKit writes one (platform unknown/unknown, annotation
+//     vnd.docker.reference.type: attestation-manifest).
 //
 // It counts nothing on the server's side: the scripts judge what a command
 // fetched by what it reports, counted by the client and complete when the
 // command returns. (A count taken by the server may note a response's last
 // write after its client has read it.)
 type fixture struct {
-	host string // 127.0.0.1:port
+	host string       // 127.0.0.1:port
+	reg  http.Handler // the registry, which startRegistry serves again
 
 	single     string // ref of the single-platform image
 	singleImg  imageBlobSet
@@ -39,6 +47,9 @@ type fixture struct {
 	multiIdx   string // digest of the index manifest
 	multiAMD64 imageBlobSet
 	multiARM64 imageBlobSet
+	attest     string // ref of the index with an attestation
+	attestIdx  string // its digest
+	attestImg  imageBlobSet
 
 	// dead is 127.0.0.1:port of a port that was listened on and closed:
 	// a registry that refuses connections.
@@ -69,6 +80,7 @@ func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := &fixture{}
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	f.reg = reg
 	srv := httptest.NewServer(reg)
 	t.Cleanup(srv.Close)
 	f.host = strings.TrimPrefix(srv.URL, "http://")
@@ -80,6 +92,10 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	if f.singleImg, err = push(f.single, img); err != nil {
+		t.Fatal(err)
+	}
+	// The same image as :latest, for references that name no tag.
+	if _, err = push(strings.TrimSuffix(f.single, ":v1"), img); err != nil {
 		t.Fatal(err)
 	}
 
@@ -115,6 +131,36 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 
+	f.attest = f.host + "/test/attest:v1"
+	att, err := attestationImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	attIdx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}},
+		mutate.IndexAddendum{Add: att, Descriptor: v1.Descriptor{
+			Platform: &v1.Platform{OS: "unknown", Architecture: "unknown"},
+			Annotations: map[string]string{
+				"vnd.docker.reference.type":   "attestation-manifest",
+				"vnd.docker.reference.digest": f.multiAMD64.manifest,
+			},
+		}},
+	)
+	if ref, err = name.ParseReference(f.attest); err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(ref, attIdx); err != nil {
+		t.Fatal(err)
+	}
+	if h, err = attIdx.Digest(); err != nil {
+		t.Fatal(err)
+	}
+	f.attestIdx = h.String()
+	if f.attestImg, err = blobSet(att); err != nil {
+		t.Fatal(err)
+	}
+
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -127,21 +173,25 @@ func newFixture(t testing.TB) *fixture {
 // env is the fixture as environment variables for scripts.
 func (f *fixture) env() map[string]string {
 	e := map[string]string{
-		"REGISTRY":       f.host,
-		"DEADREG":        f.dead,
-		"IMAGE":          f.single,
-		"IMAGE_REPO":     strings.TrimSuffix(f.single, ":v1"),
-		"IMAGE_DIGEST":   f.singleImg.manifest,
-		"IMAGE_CONFIG":   f.singleImg.config,
-		"IMAGE_BLOBS":    strconv.Itoa(f.singleImg.blobs()),
-		"IMAGE_BYTES":    strconv.FormatInt(f.singleImg.total(), 10),
-		"INDEX":          f.multi,
-		"INDEX_REPO":     strings.TrimSuffix(f.multi, ":v1"),
-		"INDEX_DIGEST":   f.multiIdx,
-		"INDEX_AMD64":    f.multiAMD64.manifest,
-		"INDEX_ARM64":    f.multiARM64.manifest,
-		"INDEX_AMD64_L0": f.multiAMD64.layers[0],
-		"INDEX_ARM64_L0": f.multiARM64.layers[0],
+		"REGISTRY":        f.host,
+		"DEADREG":         f.dead,
+		"IMAGE":           f.single,
+		"IMAGE_REPO":      strings.TrimSuffix(f.single, ":v1"),
+		"IMAGE_DIGEST":    f.singleImg.manifest,
+		"IMAGE_CONFIG":    f.singleImg.config,
+		"IMAGE_BLOBS":     strconv.Itoa(f.singleImg.blobs()),
+		"IMAGE_BYTES":     strconv.FormatInt(f.singleImg.total(), 10),
+		"INDEX":           f.multi,
+		"INDEX_REPO":      strings.TrimSuffix(f.multi, ":v1"),
+		"INDEX_DIGEST":    f.multiIdx,
+		"INDEX_AMD64":     f.multiAMD64.manifest,
+		"INDEX_ARM64":     f.multiARM64.manifest,
+		"INDEX_AMD64_L0":  f.multiAMD64.layers[0],
+		"INDEX_ARM64_L0":  f.multiARM64.layers[0],
+		"ATTEST":          f.attest,
+		"ATTEST_DIGEST":   f.attestIdx,
+		"ATTEST_MANIFEST": f.attestImg.manifest,
+		"ATTEST_LAYER":    f.attestImg.layers[0],
 	}
 	for i, l := range f.singleImg.layers {
 		e[fmt.Sprintf("IMAGE_LAYER%d", i)] = l
@@ -163,6 +213,78 @@ func platformImage(layers, size int64, os, arch string) (v1.Image, error) {
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = os, arch
 	return mutate.ConfigFile(img, cf)
+}
+
+// attestationImage is an attestation manifest as BuildKit writes one: a
+// config that says unknown/unknown and one in-toto statement as a layer.
+func attestationImage() (v1.Image, error) {
+	stmt := static.NewLayer([]byte(`{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://spdx.dev/Document","subject":[]}`), "application/vnd.in-toto+json")
+	img, err := mutate.AppendLayers(mutate.MediaType(empty.Image, types.OCIManifestSchema1), stmt)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "unknown", "unknown"
+	return mutate.ConfigFile(img, cf)
+}
+
+// startRegistry serves the fixture's registry on a port of its own, until
+// stop: a registry that a script can stop while the other scripts go on
+// using theirs. Once stopped, its port stays bound, so that no other
+// server takes it, and every connection to it, new or kept alive, is
+// closed at once, as a registry that went away leaves it. stop may be
+// called more than once; shutdown frees the port.
+func (f *fixture) startRegistry() (host string, stop, shutdown func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, nil, err
+	}
+	sl := &stoppableListener{Listener: ln, conns: map[net.Conn]bool{}}
+	srv := &http.Server{Handler: f.reg}
+	go srv.Serve(sl)
+	return ln.Addr().String(), sl.stop, func() { srv.Close() }, nil
+}
+
+// stoppableListener is a listener that, once stopped, closes what it
+// accepts, and closes the connections it handed out before.
+type stoppableListener struct {
+	net.Listener
+	mu      sync.Mutex
+	stopped bool
+	conns   map[net.Conn]bool
+}
+
+func (l *stoppableListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		l.mu.Lock()
+		stopped := l.stopped
+		if !stopped {
+			l.conns[c] = true
+		}
+		l.mu.Unlock()
+		if !stopped {
+			return c, nil
+		}
+		c.Close()
+	}
+}
+
+func (l *stoppableListener) stop() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stopped = true
+	for c := range l.conns {
+		c.Close()
+	}
+	l.conns = nil
 }
 
 func push(ref string, img v1.Image) (imageBlobSet, error) {

@@ -173,6 +173,8 @@ gleam.toml; ./_build/ocibuild_cache.`,
 	root.AddCommand(
 		newDirCmd(g),
 		newWarmCmd(g),
+		newCheckCmd(g),
+		newPinCmd(g),
 		newImagesCmd(g),
 		newLsCmd(g),
 		newCatCmd(g),

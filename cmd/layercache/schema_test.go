@@ -46,6 +46,10 @@ func TestJSONSchema(t *testing.T) {
 			{args: []string{"warm", "--json", "--all-platforms", f.multi}},
 		}},
 		{cmd: "images", setup: warmed(f.single, f.multi), runs: []invocation{{args: []string{"images", "--json"}}}},
+		{cmd: "check", setup: warmed(f.single, f.multi), runs: []invocation{
+			{args: []string{"check", "--json", "--all-platforms", f.single, f.multi}},
+			{args: []string{"check", "--json", f.single, f.host + "/test/never:v1"}, code: exitFail},
+		}},
 		{cmd: "ls", setup: warmed(f.single), runs: []invocation{{args: []string{"ls", "--json"}}}},
 		{cmd: "put", runs: []invocation{{args: []string{"put", "--json", "schema_test.go"}}}},
 		{cmd: "verify", setup: func(t *testing.T, dir string) {

@@ -30,6 +30,8 @@ func newWarmCmd(g *globals) *cobra.Command {
 		insecure     bool
 		offline      bool
 		resolve      string
+		from         []string
+		attestations bool
 	)
 	cmd := &cobra.Command{
 		Use:   "warm IMAGE...",
@@ -50,6 +52,14 @@ verified on every read whatever the policy, but a tag is only as trustworthy
 as the index.json it comes from: with "fallback", a cache restored from CI
 storage is trusted for its tags.
 
+--from FILE reads more references from FILE ("-" for stdin), one a line; a
+"#" at the start of a line or after a blank starts a comment, and blank lines
+are ignored. ` + "`layercache pin FILE`" + ` pins the tags of such a file to digests.
+
+--all-platforms leaves out the attestation manifests (SBOMs, provenance) that
+BuildKit adds to an index under the platform unknown/unknown: no build runs
+them. --attestations warms them too.
+
 Credentials come from the Docker config, as with crane and docker.`,
 		Example: `  # Warm a base image before a build
   layercache warm cgr.dev/chainguard/static:latest
@@ -57,13 +67,16 @@ Credentials come from the Docker config, as with crane and docker.`,
   # Every platform of a multi-platform image
   layercache warm --all-platforms golang:1.26
 
+  # The images a project lists, one a line
+  layercache warm --from images.txt
+
   # Never use a tag recorded in the cache (for example a restored CI cache)
   layercache warm --resolve remote cgr.dev/chainguard/static:latest
 
   # One platform, from a local registry over plain HTTP
   layercache warm --platform linux/arm64 --insecure registry.local:5000/base:1`,
 		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 {
+			if len(args) == 0 && len(from) == 0 {
 				return usagef("warm needs at least one IMAGE")
 			}
 			return nil
@@ -71,6 +84,9 @@ Credentials come from the Docker config, as with crane and docker.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if platform != "" && allPlatforms {
 				return usagef("--platform and --all-platforms cannot be used together")
+			}
+			if attestations && !allPlatforms {
+				return usagef("--attestations needs --all-platforms")
 			}
 			if jobs < 1 {
 				return usagef("--jobs must be at least 1, got %d", jobs)
@@ -89,13 +105,12 @@ Credentials come from the Docker config, as with crane and docker.`,
 			if insecure {
 				nameOpts = append(nameOpts, name.Insecure)
 			}
-			refs := make([]name.Reference, 0, len(args))
-			for _, a := range args {
-				ref, err := name.ParseReference(a, nameOpts...)
-				if err != nil {
-					return usagef("parsing reference %q: %w", a, err)
-				}
-				refs = append(refs, ref)
+			refs, err := imageArgs(cmd.Context(), g, args, from, nameOpts...)
+			if err != nil {
+				return err
+			}
+			if len(refs) == 0 {
+				return usagef("warm needs at least one IMAGE: %s lists none", strings.Join(from, ", "))
 			}
 			opts := []remotecache.Option{
 				remotecache.WithKeychain(authn.DefaultKeychain),
@@ -112,6 +127,9 @@ Credentials come from the Docker config, as with crane and docker.`,
 			}
 			if allPlatforms {
 				opts = append(opts, remotecache.WithAllPlatforms())
+			}
+			if attestations {
+				opts = append(opts, remotecache.WithAttestations())
 			}
 			opts = append(opts, remotecache.WithResolve(policy))
 			s, err := g.openStore()
@@ -157,6 +175,8 @@ Credentials come from the Docker config, as with crane and docker.`,
 	f := cmd.Flags()
 	f.StringVar(&platform, "platform", "", "platform to warm from an image index, os/arch[/variant] (default linux/amd64)")
 	f.BoolVar(&allPlatforms, "all-platforms", false, "warm every platform of an image index")
+	f.BoolVar(&attestations, "attestations", false, "with --all-platforms, warm the index's attestation manifests too")
+	f.StringArrayVar(&from, "from", nil, "read references from `FILE`, one a line (\"-\" for stdin); may be repeated")
 	f.IntVarP(&jobs, "jobs", "j", remotecache.DefaultJobs, "blobs to fetch or verify at once")
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the registry")
 	f.BoolVar(&offline, "offline", false, "use only the cache: resolve tags from index.json, fetch nothing (--resolve offline)")

@@ -114,10 +114,7 @@ func (p *puller) findPlatform(ctx context.Context, ref name.Reference, desc v1.D
 		return nil, err
 	}
 	for _, child := range x.im.Manifests {
-		if child.Platform == nil && p.o.platform != nil {
-			continue
-		}
-		if child.Platform != nil && !child.Platform.Satisfies(want) {
+		if !selects(child, want, p.o.platform != nil) {
 			continue
 		}
 		switch {
@@ -146,8 +143,20 @@ func (p *puller) nestedIndex(ctx context.Context, ref name.Reference, child v1.D
 	return p.childManifest(ctx, ref, child)
 }
 
+// selects reports whether findPlatform takes the index entry child for
+// the platform want; explicit is whether want was asked for (WithPlatform)
+// rather than the default, which an entry without a platform also
+// satisfies.
+func selects(child v1.Descriptor, want v1.Platform, explicit bool) bool {
+	if child.Platform == nil {
+		return !explicit
+	}
+	return child.Platform.Satisfies(want)
+}
+
 // indexImages returns every image of index raw and of the indexes it
-// nests, for Warm's WithAllPlatforms.
+// nests, for Warm's WithAllPlatforms: attestation manifests only with
+// WithAttestations.
 func (p *puller) indexImages(ctx context.Context, ref name.Reference, desc v1.Descriptor, raw []byte, depth int) ([]*image, error) {
 	x, err := newIndex(p, ref, desc, raw)
 	if err != nil {
@@ -155,6 +164,9 @@ func (p *puller) indexImages(ctx context.Context, ref name.Reference, desc v1.De
 	}
 	var out []*image
 	for _, child := range x.im.Manifests {
+		if IsAttestation(child) && !p.o.attestations {
+			continue
+		}
 		switch {
 		case child.MediaType.IsImage():
 			img, err := p.childImage(ctx, ref, child)

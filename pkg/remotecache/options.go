@@ -24,6 +24,7 @@ type options struct {
 	userAgent    string
 	platform     *v1.Platform
 	allPlatforms bool
+	attestations bool // WithAttestations
 	offline      bool // ResolveOffline
 	resolve      ResolvePolicy
 	mirrors      map[string][]Mirror // by registryKey of the upstream
