@@ -672,4 +672,3 @@ func (p *puller) blobFrom(ctx context.Context, h *host, d digest.Digest, size, o
 	p.o.logger.Debug("fetching blob through ggcr's verifying reader (custom transport)", "digest", d)
 	return rc, 0, size, false, nil
 }
-

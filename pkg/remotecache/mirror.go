@@ -131,7 +131,6 @@ func ParseMirror(s string) (reg string, m Mirror, err error) {
 	return reg, m, nil
 }
 
-
 // host is one place a pull asks: a mirror, or the upstream registry.
 type host struct {
 	name   string          // the mirror's URL, or the upstream's registry

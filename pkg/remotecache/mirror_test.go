@@ -188,8 +188,7 @@ func TestParseMirror(t *testing.T) {
 		}
 	}
 	// WithMirrors checks its mirrors as it is given them.
-	if _, err := remotecache.Image(must(name.ParseReference("alpine")), nil, remotecache.WithMirrors("docker.io", remotecache.Mirror{URL: "http://"}),
-	); err == nil || !strings.Contains(err.Error(), "no host") {
+	if _, err := remotecache.Image(must(name.ParseReference("alpine")), nil, remotecache.WithMirrors("docker.io", remotecache.Mirror{URL: "http://"})); err == nil || !strings.Contains(err.Error(), "no host") {
 		t.Errorf("WithMirrors with a bad URL: %v, want an error", err)
 	}
 }
