@@ -11,7 +11,7 @@ FUZZN       ?= 1
 ## test: installs what the tests need, then lint, race tests of every
 ## module, short fuzzing and the end-to-end tests. What CI runs.
 test: deps
-	$(MAKE) lint unit fuzz integration
+	$(MAKE) lint unit fuzz ko integration
 
 ## deps: skopeo, the Go modules and the test registry's build
 ## (.ci/install-deps.sh). Idempotent: a few seconds when all is there.
@@ -51,6 +51,17 @@ fuzz:
 	$(FUZZ) -fuzz='^FuzzManifest$$' -fuzztime=$$((1500 * $(FUZZN)))x ./pkg/remotecache
 	$(FUZZ) -fuzz='^FuzzUncompressed$$' -fuzztime=$$((400 * $(FUZZN)))x ./pkg/remotecache
 	cd integration && $(FUZZ) -fuzz='^FuzzMutatedJSON$$' -fuzztime=$$((1000 * $(FUZZN)))x ./torture
+
+## ko: go vet, staticcheck and race tests of the ko adapter
+## (contrib/kocache) and of its end-to-end test, which builds and publishes
+## an image with ko's own packages against registry processes
+## (integration/ko). Modules of their own, to keep ko's dependencies out of
+## the others; gofmt checks them in lint. About a minute once the Go build
+## cache holds ko and the standard library for linux/arm64.
+.PHONY: ko
+ko: $(STATICCHECK)
+	cd contrib/kocache && $(GO) vet ./... && $(STATICCHECK) ./... && $(GO) test -race -count=1 ./...
+	cd integration/ko && $(GO) vet ./... && $(STATICCHECK) ./... && $(GO) test -race -count=1 ./...
 
 ## integration: end-to-end tests against a real distribution registry
 ## process, and the short torture suite (integration/torture), whose table

@@ -5,7 +5,8 @@
 #
 #   1. skopeo, which the interoperability tests use to read the cache
 #      directory as an OCI layout (apt-get update runs only if it is missing).
-#   2. The Go modules of the root module and of integration/.
+#   2. The Go modules of the root module, of integration/, and of the ko
+#      adapter and its test (contrib/kocache, integration/ko).
 #   3. The CNCF distribution registry that the integration tests run as a
 #      process. regtest.Build compiles it from the version pinned in
 #      integration/go.mod into $XDG_CACHE_HOME/layercache/registry/
@@ -32,6 +33,8 @@ fi
 echo "install-deps: downloading Go modules" >&2
 go mod download
 (cd integration && go mod download)
+(cd contrib/kocache && go mod download)
+(cd integration/ko && go mod download)
 
 echo "install-deps: building the test registry" >&2
 bin=$(cd integration && go run ./regtest/cmd/buildregistry)
