@@ -30,6 +30,7 @@ func newWarmCmd(g *globals) *cobra.Command {
 		insecure     bool
 		offline      bool
 		resolve      string
+		mirrors      mirrorOpts
 	)
 	cmd := &cobra.Command{
 		Use:   "warm IMAGE...",
@@ -114,6 +115,11 @@ Credentials come from the Docker config, as with crane and docker.`,
 				opts = append(opts, remotecache.WithAllPlatforms())
 			}
 			opts = append(opts, remotecache.WithResolve(policy))
+			mopts, err := mirrors.options(refs, g.log)
+			if err != nil {
+				return err
+			}
+			opts = append(opts, mopts...)
 			s, err := g.openStore()
 			if err != nil {
 				return err
@@ -161,6 +167,7 @@ Credentials come from the Docker config, as with crane and docker.`,
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the registry")
 	f.BoolVar(&offline, "offline", false, "use only the cache: resolve tags from index.json, fetch nothing (--resolve offline)")
 	f.StringVar(&resolve, "resolve", remotecache.ResolveFallback.String(), "when a tag may come from the cache's index.json: remote, fallback or offline")
+	addMirrorFlags(cmd, &mirrors)
 	return cmd
 }
 
