@@ -110,19 +110,28 @@ type run struct {
 	err            error // cmd.Wait's, once done is closed
 }
 
+// runTimeout bounds one run of the command, so that a pull that hangs
+// fails its test (the run is killed) instead of holding up the whole
+// suite until go test's own timeout. A warm here takes well under a
+// second; the slowest, under a 429, waits about 4 s for ggcr's retries.
+const runTimeout = 2 * time.Minute
+
 // start starts `layercache --cache-dir CACHE --json warm ARGS...`.
 func (r *runner) start(args ...string) *run {
 	r.t.Helper()
 	x := &run{r: r, args: args, done: make(chan struct{})}
-	x.cmd = exec.CommandContext(r.t.Context(), r.cli, append([]string{"--cache-dir", r.cache, "--json", "warm"}, args...)...)
+	ctx, cancel := context.WithTimeout(r.t.Context(), runTimeout)
+	x.cmd = exec.CommandContext(ctx, r.cli, append([]string{"--cache-dir", r.cache, "--json", "warm"}, args...)...)
 	x.cmd.Env = r.env
 	x.cmd.Stdout = &x.stdout
 	x.cmd.Stderr = &x.stderr
 	if err := x.cmd.Start(); err != nil {
+		cancel()
 		r.t.Fatalf("%s: %v", r.name, err)
 	}
 	go func() {
 		x.err = x.cmd.Wait()
+		cancel()
 		close(x.done)
 	}()
 	return x
