@@ -61,7 +61,7 @@ func TestRunExitCodes(t *testing.T) {
 		{name: "unparsable reference", args: []string{"warm", "Not A/Reference"}, code: exitUsage, want: "parsing reference"},
 		{name: "mirror that is not REGISTRY=URL", args: []string{"warm", "--mirror", "mirror.example", f.single}, code: exitUsage, want: `--mirror: mirror "mirror.example": want REGISTRY=URL`},
 		{name: "mirror of a bad URL", args: []string{"warm", "--mirror", "docker.io=ftp://mirror.example", f.single}, code: exitUsage, want: "--mirror: mirror \"ftp://mirror.example\": the URL must start with http:// or https://"},
-		{name: "hosts dir that does not exist", args: []string{"warm", "--hosts-dir", "/nonexistent/layercache-hosts", f.single}, code: exitUsage, want: "--hosts-dir: open /nonexistent/layercache-hosts"},
+		{name: "hosts dir that does not exist", args: []string{"warm", "--hosts-dir", "/nonexistent/layercache-hosts", f.single}, code: exitUsage, want: "--hosts-dir: stat /nonexistent/layercache-hosts: no such file or directory"},
 		{name: "hosts.toml of an unknown capability", args: []string{"warm", "--hosts-dir", "{digest}", f.single}, setup: badHostsDir, code: exitUsage, want: `/docker.io/hosts.toml: host "https://mirror.example": unknown capability "fetch"`},
 		{name: "clear without --yes off a terminal", args: []string{"clear"}, code: exitUsage, want: "refusing to clear"},
 		{name: "demo of no layers", args: []string{"demo", "--layers", "0"}, code: exitUsage, want: "must be at least 1"},

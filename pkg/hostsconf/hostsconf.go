@@ -176,6 +176,14 @@ func registryName(reg string) string {
 // directories are ignored. The first error is returned, and names the
 // file it concerns.
 func Load(dir string) (map[string]Config, error) {
+	// Stat first: opening a FIFO given as dir would block.
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("%s: not a directory", dir)
+	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err

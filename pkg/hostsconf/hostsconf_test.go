@@ -487,6 +487,19 @@ func TestLoad_FIFO(t *testing.T) {
 	}
 }
 
+// TestLoad_FIFOAsDir: a FIFO given as the directory is reported, never
+// opened.
+func TestLoad_FIFOAsDir(t *testing.T) {
+	t.Parallel()
+	fifo := filepath.Join(t.TempDir(), "hosts")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	if _, err := hostsconf.Load(fifo); err == nil || !strings.Contains(err.Error(), fifo+": not a directory") {
+		t.Errorf("Load: %v, want not a directory", err)
+	}
+}
+
 // TestLoad_MissingDir: a directory that does not exist is an error.
 func TestLoad_MissingDir(t *testing.T) {
 	t.Parallel()
