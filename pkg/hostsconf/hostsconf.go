@@ -200,12 +200,9 @@ func Load(dir string) (map[string]Config, error) {
 		if prev, ok := from[reg]; ok {
 			return nil, fmt.Errorf("%s and %s both configure %s: remove one", filepath.Join(dir, prev), sub, reg)
 		}
-		c, ok, err := loadDir(sub)
+		c, err := loadDir(sub)
 		if err != nil {
 			return nil, err
-		}
-		if !ok {
-			continue
 		}
 		from[reg] = e.Name()
 		configs[reg] = c
@@ -226,22 +223,21 @@ func dirRegistry(dir string) string {
 	return dir
 }
 
-// loadDir reads one registry's directory. ok is false for a directory
-// that holds neither a hosts.toml nor certificate files.
-func loadDir(dir string) (c Config, ok bool, err error) {
+// loadDir reads one registry's directory.
+func loadDir(dir string) (Config, error) {
 	file := filepath.Join(dir, FileName)
 	b, err := readFile(file)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return loadCertFiles(dir)
 	case err != nil:
-		return Config{}, false, err
+		return Config{}, err
 	}
-	c, err = parse(file, b)
+	c, err := parse(file, b)
 	if err != nil {
-		return Config{}, false, fmt.Errorf("%s: %w", file, err)
+		return Config{}, fmt.Errorf("%s: %w", file, err)
 	}
-	return c, true, nil
+	return c, nil
 }
 
 // readFile reads a regular file of at most maxFileSize bytes, without
@@ -575,12 +571,13 @@ func transport(cfg *tls.Config, d time.Duration) http.RoundTripper {
 // loadCertFiles reads a registry directory without hosts.toml as
 // containerd does, as Docker's certs.d: *.crt files are CAs, and each
 // *.cert file is a client certificate, with its key in the *.key file of
-// the same name or, without one, in the certificate's own file. ok is
-// false when there are none.
-func loadCertFiles(dir string) (c Config, ok bool, err error) {
+// the same name or, without one, in the certificate's own file. A
+// directory without any is a configuration of no mirrors, which (as in
+// containerd) keeps Default from applying to its registry.
+func loadCertFiles(dir string) (Config, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return Config{}, false, err
+		return Config{}, err
 	}
 	var h hostFields
 	var cas, clients []any
@@ -597,8 +594,9 @@ func loadCertFiles(dir string) (c Config, ok bool, err error) {
 			clients = append(clients, []any{n, key})
 		}
 	}
+	c := Config{File: dir, upstreamPull: true}
 	if len(cas) == 0 && len(clients) == 0 {
-		return Config{}, false, nil
+		return c, nil
 	}
 	if len(cas) > 0 {
 		h.CA = cas
@@ -606,9 +604,8 @@ func loadCertFiles(dir string) (c Config, ok bool, err error) {
 	if len(clients) > 0 {
 		h.Client = clients
 	}
-	c = Config{File: dir, upstreamPull: true}
 	if c.Upstream, _, err = settings(h, dir); err != nil {
-		return Config{}, false, fmt.Errorf("%s: %w", dir, err)
+		return Config{}, fmt.Errorf("%s: %w", dir, err)
 	}
-	return c, true, nil
+	return c, nil
 }

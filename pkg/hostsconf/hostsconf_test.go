@@ -318,7 +318,7 @@ func TestLookup(t *testing.T) {
 		"_default/hosts.toml":             "[host.\"https://default.example\"]\n",
 		"docker.io/hosts.toml":            "[host.\"https://hub-mirror.example\"]\n",
 		"registry.local_5000_/hosts.toml": "[host.\"https://local-mirror.example\"]\n",
-		"empty.example/README":            "no hosts.toml and no certificates: not a configuration\n",
+		"empty.example/README":            "no hosts.toml and no certificates: no mirrors, and not _default's\n",
 		"not-a-dir":                       "ignored",
 	})
 	tests := []struct{ reg, want string }{
@@ -327,7 +327,6 @@ func TestLookup(t *testing.T) {
 		{"registry-1.docker.io", "https://hub-mirror.example"},
 		{"registry.local:5000", "https://local-mirror.example"},
 		{"ghcr.io", "https://default.example"},
-		{"empty.example", "https://default.example"},
 	}
 	for _, tc := range tests {
 		cfg, ok := hostsconf.Lookup(c, tc.reg)
@@ -338,6 +337,11 @@ func TestLookup(t *testing.T) {
 		if got := urls(cfg.MirrorsFor(tc.reg)); len(got) != 1 || !strings.HasPrefix(got[0], tc.want) {
 			t.Errorf("%s: mirrors %q, want only %s", tc.reg, got, tc.want)
 		}
+	}
+	// A directory of its own, even without a hosts.toml, keeps _default
+	// away, as in containerd.
+	if cfg, ok := hostsconf.Lookup(c, "empty.example"); !ok || len(cfg.MirrorsFor("empty.example")) != 0 {
+		t.Errorf("empty.example: %v, %q; want its own configuration, of no mirrors", ok, urls(cfg.MirrorsFor("empty.example")))
 	}
 	if _, ok := hostsconf.Lookup(map[string]hostsconf.Config{}, "ghcr.io"); ok {
 		t.Errorf("Lookup in no configuration found one")
