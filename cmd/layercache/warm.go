@@ -32,6 +32,7 @@ func newWarmCmd(g *globals) *cobra.Command {
 		resolve      string
 		from         []string
 		attestations bool
+		mirrors      mirrorOpts
 	)
 	cmd := &cobra.Command{
 		Use:   "warm IMAGE...",
@@ -132,6 +133,11 @@ Credentials come from the Docker config, as with crane and docker.`,
 				opts = append(opts, remotecache.WithAttestations())
 			}
 			opts = append(opts, remotecache.WithResolve(policy))
+			mopts, err := mirrors.options(refs, g.log)
+			if err != nil {
+				return err
+			}
+			opts = append(opts, mopts...)
 			s, err := g.openStore()
 			if err != nil {
 				return err
@@ -181,6 +187,7 @@ Credentials come from the Docker config, as with crane and docker.`,
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the registry")
 	f.BoolVar(&offline, "offline", false, "use only the cache: resolve tags from index.json, fetch nothing (--resolve offline)")
 	f.StringVar(&resolve, "resolve", remotecache.ResolveFallback.String(), "when a tag may come from the cache's index.json: remote, fallback or offline")
+	addMirrorFlags(cmd, &mirrors)
 	return cmd
 }
 

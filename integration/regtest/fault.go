@@ -27,6 +27,7 @@ const (
 	kindMutate                        // forward, rewrite the JSON body
 	kindHold                          // wait for a gate to open, then forward
 	kindOpen                          // forward, then open a gate
+	kindObserve                       // call a function, change nothing
 )
 
 var kindNames = map[faultKind]string{
@@ -38,6 +39,7 @@ var kindNames = map[faultKind]string{
 	kindMutate:   "mutate-json",
 	kindHold:     "hold",
 	kindOpen:     "open",
+	kindObserve:  "observe",
 }
 
 // A Fault is a misbehaviour of a Proxy. Make one with Status, Latency,
@@ -59,6 +61,7 @@ type Fault struct {
 	n      int64 // ResetAfter/TruncateAfter: bytes let through; FlipByte: offset
 	delay  time.Duration
 	mutate func(doc map[string]any)
+	see    func(*http.Request) // Observe
 	gate   *Gate
 	match  []func(*http.Request) bool
 	times  int64
@@ -143,6 +146,13 @@ func HoldUntil(g *Gate) Fault { return Fault{kind: kindHold, gate: g} }
 // of them has been answered: its handler has returned, with the answer
 // flushed to the client (or the connection cut, if a fault cut it).
 func OpenAfter(g *Gate) Fault { return Fault{kind: kindOpen, gate: g} }
+
+// Observe calls f with each matching request when the proxy receives it,
+// and changes nothing: a test sees the requests' order and headers with
+// it. Inject it before any Status fault, which ends the faults considered
+// for a request it answers. f may be called from several goroutines at
+// once; the request's body must not be read.
+func Observe(f func(r *http.Request)) Fault { return Fault{kind: kindObserve, see: f} }
 
 // Only restricts the fault to requests for which match returns true. Calling
 // Only again adds a condition: all must hold. IsBlobGet, IsManifestGet,

@@ -341,6 +341,10 @@ func (p *Proxy) plan(r *http.Request) *plan {
 			continue
 		}
 		f := in.fault
+		if f.kind == kindObserve {
+			f.see(r) // not a fault: no name in the request log
+			continue
+		}
 		pl.names = append(pl.names, f.String())
 		switch f.kind {
 		case kindHold:

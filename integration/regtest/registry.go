@@ -46,6 +46,7 @@ type Registry struct {
 	bin     string
 	config  string
 	logPath string
+	remote  string // the upstream of a pull-through cache (Mirrors)
 
 	mu   sync.Mutex
 	proc *process // nil while stopped
@@ -58,12 +59,25 @@ type process struct {
 	err  error         // cmd.Wait's result, set before done closes
 }
 
+// An Option changes how Start runs the registry.
+type Option func(*Registry)
+
+// Mirrors makes the registry a pull-through cache of the registry at
+// remoteURL ("http://127.0.0.1:PORT"), as the distribution registry's
+// proxy mode runs one: the `proxy: remoteurl:` key of its configuration.
+// It then serves what it fetched from its own storage, asks the remote
+// for a tag first and uses the tag it stored when the remote cannot be
+// reached, and refuses pushes. One such registry mirrors one remote.
+func Mirrors(remoteURL string) Option {
+	return func(r *Registry) { r.remote = remoteURL }
+}
+
 // Start builds the registry if needed (see Build), starts it on a free port
 // and returns once GET /v2/ answers 200. It fails t if any of that fails.
 //
 // The process is killed, and its log printed if t failed, when t's cleanup
 // runs. If the process dies on its own before then, the test fails.
-func Start(t testing.TB) *Registry {
+func Start(t testing.TB, opts ...Option) *Registry {
 	t.Helper()
 	bin, err := Build(t.Context())
 	if err != nil {
@@ -76,6 +90,9 @@ func Start(t testing.TB) *Registry {
 		bin:     bin,
 		config:  filepath.Join(dir, "config.yml"),
 		logPath: filepath.Join(dir, "registry.log"),
+	}
+	for _, o := range opts {
+		o(r)
 	}
 	// Cleanups run last-registered first: stop the process, then print the
 	// complete log.
@@ -102,6 +119,20 @@ func Start(t testing.TB) *Registry {
 
 // URL returns "http://" + r.Addr.
 func (r *Registry) URL() string { return "http://" + r.Addr }
+
+// HasBlob reports whether the registry's storage links blob d ("sha256:...")
+// into repository repo, which is what it serves the blob from. A
+// pull-through cache (Mirrors) links a blob once it has stored the whole
+// of it, so a test can wait for that without a clock. It reads the
+// filesystem layout of the distribution registry.
+func (r *Registry) HasBlob(repo, d string) bool {
+	alg, hex, ok := strings.Cut(d, ":")
+	if !ok {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(r.Dir, "docker", "registry", "v2", "repositories", filepath.FromSlash(repo), "_layers", alg, hex, "link"))
+	return err == nil
+}
 
 // Stop kills the registry process (SIGKILL, as a crash or an unplugged
 // network would) and waits until it has exited, after which connections to
@@ -130,7 +161,7 @@ func (r *Registry) start(addr string) error {
 	if r.proc != nil {
 		return errors.New("registry already running")
 	}
-	if err := os.WriteFile(r.config, []byte(configYAML(addr, r.Dir)), 0o644); err != nil {
+	if err := os.WriteFile(r.config, []byte(configYAML(addr, r.Dir, r.remote)), 0o644); err != nil {
 		return err
 	}
 	logf, err := os.OpenFile(r.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -270,8 +301,9 @@ func registryEnv() []string {
 }
 
 // configYAML is the registry's configuration: filesystem storage under dir,
-// deletes enabled, no auth, warnings and errors only, no access log.
-func configYAML(addr, dir string) string {
+// deletes enabled, no auth, warnings and errors only, no access log; with
+// remote set, a pull-through cache of it.
+func configYAML(addr, dir, remote string) string {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, `version: 0.1
 log:
@@ -295,5 +327,8 @@ http:
   # the warning about a generated one.
   secret: regtest-not-a-secret
 `, dir, addr)
+	if remote != "" {
+		fmt.Fprintf(&b, "proxy:\n  remoteurl: %q\n", remote)
+	}
 	return b.String()
 }
