@@ -296,8 +296,12 @@ func assertStoreSound(t *testing.T, s *store.Store) {
 	assertIngestClean(t, s)
 }
 
-// assertIngestClean fails if ingest/ holds anything but empty lock files:
-// a temp file there is a write that was neither committed nor abandoned.
+// assertIngestClean fails if ingest/ holds anything but empty lock files
+// and partial downloads: a temp file there is a write that was neither
+// committed nor abandoned. A partial download (<alg>-<hex>.partial) is
+// kept on purpose when a download was cut or called off, for the next one
+// to resume; it must be a regular file of a blob the store does not hold
+// (a stored blob's partial was renamed into place).
 func assertIngestClean(t *testing.T, s *store.Store) {
 	t.Helper()
 	dir := s.Layout().Join(layout.IngestDir)
@@ -312,6 +316,14 @@ func assertIngestClean(t *testing.T, s *store.Store) {
 		}
 		if err != nil {
 			t.Fatal(err)
+		}
+		if rest, ok := strings.CutSuffix(e.Name(), ".partial"); ok && fi.Mode().IsRegular() {
+			alg, enc, _ := strings.Cut(rest, "-")
+			d := digest.NewDigestFromEncoded(digest.Algorithm(alg), enc)
+			if _, err := s.Stat(t.Context(), d); err == nil {
+				t.Errorf("ingest/ holds %s, the partial download of a blob the store holds", e.Name())
+			}
+			continue
 		}
 		if !strings.HasSuffix(e.Name(), ".lock") || !fi.Mode().IsRegular() || fi.Size() != 0 {
 			t.Errorf("ingest/ holds %s (%v, %d bytes); want only empty lock files", e.Name(), fi.Mode(), fi.Size())

@@ -50,10 +50,15 @@ import (
 // always does when it can store the blob).
 type source func(ctx context.Context, offset int64) (body io.ReadCloser, start, total int64, raw bool, err error)
 
-// maxResumes bounds how many times one fetch asks again for a body that
-// was cut: a connection that breaks again and again is an outage, and the
-// error is the caller's.
-const maxResumes = 5
+// maxStalls bounds how many times in a row one fetch asks again for a
+// body that was cut without bringing a byte since the last time: a
+// connection that breaks before any progress is an outage, and the error
+// is the caller's. maxResumes bounds the resumes of one fetch in all, so
+// that a registry that cuts every response after a few bytes ends too.
+const (
+	maxStalls  = 5
+	maxResumes = 64
+)
 
 // fetchStep is one blob's miss path.
 type fetchStep struct {

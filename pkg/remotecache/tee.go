@@ -38,11 +38,13 @@ type teeReader struct {
 	body io.ReadCloser
 	raw  bool // nothing above verifies body
 
-	n         int64 // bytes of the blob hashed (from zero)
-	delivered int64 // bytes handed to the caller
-	resumes   int
-	fromDisk  bool // some bytes came from a partial file
-	retried   bool // fetched again from zero after a mismatch
+	n            int64 // bytes of the blob hashed (from zero)
+	delivered    int64 // bytes handed to the caller
+	resumes      int   // of this fetch, in all
+	stalls       int   // resumes in a row that brought no byte
+	lastResumeAt int64 // n at the last resume
+	fromDisk     bool  // some bytes came from a partial file
+	retried      bool  // fetched again from zero after a mismatch
 
 	skip     int64         // bytes of the body the caller has already
 	skipWant digest.Digest // what those bytes hashed to when handed out
@@ -100,12 +102,24 @@ func (t *teeReader) connect(offset int64) error {
 // resume asks the source for the rest of a body that broke with err, and
 // reports whether the stream goes on.
 func (t *teeReader) resume(err error) bool {
-	if !t.raw || t.resumes >= maxResumes || !cut(t.ctx, err) {
+	if !t.raw || !cut(t.ctx, err) {
+		return false
+	}
+	if t.n > t.lastResumeAt {
+		t.stalls = 0 // the last answer brought bytes
+	}
+	if t.stalls >= maxStalls || t.resumes >= maxResumes {
 		return false
 	}
 	t.resumes++
+	t.stalls++
+	t.lastResumeAt = t.n
 	return t.connect(t.n) == nil
 }
+
+// allIn reports whether every expected byte was read, so that a cut after
+// the last one is no more than the end of the body.
+func (t *teeReader) allIn() bool { return t.size >= 0 && t.n == t.size }
 
 func (t *teeReader) Read(b []byte) (int, error) {
 	for {
@@ -164,7 +178,7 @@ func (t *teeReader) Read(b []byte) (int, error) {
 			t.delivered += int64(n)
 		}
 		switch {
-		case err == io.EOF:
+		case err == io.EOF, err != nil && t.allIn() && cut(t.ctx, err):
 			if eerr := t.end(); eerr != nil || t.done {
 				return n, t.endErr(eerr)
 			}
@@ -220,7 +234,7 @@ func (t *teeReader) skipAhead(b []byte) error {
 		}
 	}
 	switch {
-	case err == io.EOF:
+	case err == io.EOF, err != nil && t.allIn() && cut(t.ctx, err):
 		if eerr := t.end(); eerr != nil {
 			return t.fail(eerr)
 		}
@@ -302,7 +316,7 @@ func (t *teeReader) WriteTo(dst io.Writer) (int64, error) {
 			return total, pt.werr
 		case errors.Is(err, store.ErrDigestMismatch):
 			return total, t.fail(t.overflow())
-		case pt.rerr == io.EOF:
+		case pt.rerr == io.EOF, pt.rerr != nil && t.allIn() && cut(t.ctx, pt.rerr):
 			if eerr := t.end(); eerr != nil || t.done {
 				if eerr == nil {
 					eerr = t.poisoned
@@ -474,8 +488,11 @@ func (t *teeReader) finish() {
 	}
 	t.done = true
 	if t.w != nil {
-		if t.w.Size() == 0 && t.w.Resumed() == 0 {
-			t.w.Discard() // nothing to resume from
+		if (t.w.Size() == 0 && t.w.Resumed() == 0) || t.werr {
+			// Nothing to resume from; or a file that could not be
+			// written (a full disk), whose bytes must not stay to
+			// take the room a later write needs.
+			t.w.Discard()
 		} else {
 			t.w.Close()
 		}
