@@ -103,8 +103,13 @@ func (c *catalog) walk(ctx context.Context, s *store.Store, desc ocispec.Descrip
 		return
 	}
 	c.mediaTypes[digest.Digest(m.Config.Digest.String())] = string(m.Config.MediaType)
+	// A blob of another size than its descriptor's is not the blob (a
+	// file planted or grown at its name): the image is not complete.
 	if cinfo, err := s.Stat(ctx, digest.Digest(m.Config.Digest.String())); err == nil {
 		e.Size += cinfo.Size
+		if cinfo.Size != m.Config.Size {
+			e.Complete = false
+		}
 		// An attestation's config says unknown/unknown: not a platform.
 		if (len(e.Platforms) == 0 || desc.Platform == nil) && desc.Annotations[remotecache.AnnotationReferenceType] != remotecache.ReferenceTypeAttestation {
 			if raw, err := s.Inspect(ctx, digest.Digest(m.Config.Digest.String())); err == nil {
@@ -125,6 +130,9 @@ func (c *catalog) walk(ctx context.Context, s *store.Store, desc ocispec.Descrip
 		seen[d] = true
 		if linfo, err := s.Stat(ctx, d); err == nil {
 			e.Size += linfo.Size
+			if linfo.Size != l.Size {
+				e.Complete = false
+			}
 		} else {
 			e.Complete = false
 		}
