@@ -455,3 +455,21 @@ func TestDecompress_ZstdWindowIsBounded(t *testing.T) {
 		t.Errorf("decompressing allocated %d MiB", grew>>20)
 	}
 }
+
+// A layer whose gzip trailer is wrong fails with the cache's digest
+// error, not gzip's own: the blob's last bytes are held back from the
+// decompressor once the whole is known to be wrong.
+func TestImage_WrongLastBytesFailTheDigestFirst(t *testing.T) {
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 79, 1, 64<<10))
+	target := fx.layers[0]
+	// The gzip trailer's CRC-32 sits in the blob's last 8 bytes.
+	reg.setFault(target, mangle(func(b []byte) []byte { b[len(b)-6] ^= 0xff; return b }))
+	s, _ := openStore(t)
+	img := must(remotecache.Image(fx.ref, s, fast))
+	l := must(img.LayerByDigest(target))
+	if _, err := tryReadAll(l.Uncompressed); !errors.Is(err, store.ErrDigestMismatch) {
+		t.Fatalf("reading the layer uncompressed: %v, want ErrDigestMismatch", err)
+	}
+	assertNotStored(t, s, target)
+}

@@ -175,6 +175,15 @@ func (t *teeReader) Read(b []byte) (int, error) {
 			if werr := t.take(b[:n]); werr != nil {
 				return 0, werr
 			}
+			if t.allIn() && !t.matches() {
+				// The blob's last bytes are held back when the whole is
+				// wrong: a consumer that checks its own end (gzip's CRC,
+				// a tar's last header) must get this error, not its own.
+				if eerr := t.end(); eerr != nil || t.done {
+					return 0, t.endErr(eerr)
+				}
+				continue // started again from zero (see end)
+			}
 			t.delivered += int64(n)
 		}
 		switch {
@@ -192,6 +201,18 @@ func (t *teeReader) Read(b []byte) (int, error) {
 			return n, nil
 		}
 	}
+}
+
+// matches reports whether the bytes hashed so far are the blob: always
+// true for a body that something above verifies (ggcr's reader).
+func (t *teeReader) matches() bool {
+	switch {
+	case t.w != nil:
+		return t.w.Digest() == t.f.d
+	case t.v != nil:
+		return t.v.Verified()
+	}
+	return true
 }
 
 // take writes b, just read from the body, to the store (or the verifier).
@@ -445,6 +466,10 @@ func (t *teeReader) end() error {
 		w := t.w
 		t.w = nil
 		if _, err := w.Commit(); err != nil {
+			// A file that could not be written whole (a full disk
+			// reports it only here) is no prefix to resume from, and
+			// must not keep the room a later write needs.
+			w.Discard()
 			t.storeFailed(err)
 		}
 	}
