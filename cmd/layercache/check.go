@@ -5,7 +5,6 @@ import (
 	"runtime"
 	"strings"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/ocibuild/layercache/pkg/remotecache"
@@ -24,11 +23,9 @@ type checkJSON struct {
 
 func newCheckCmd(g *globals) *cobra.Command {
 	var (
-		platform     string
-		allPlatforms bool
-		attestations bool
-		from         []string
-		jobs         int
+		platforms platformFlags
+		from      []string
+		jobs      int
 	)
 	cmd := &cobra.Command{
 		Use:   "check IMAGE...",
@@ -62,29 +59,15 @@ stdin), one a line, as warm does.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if platform != "" && allPlatforms {
-				return usagef("--platform and --all-platforms cannot be used together")
-			}
-			if attestations && !allPlatforms {
-				return usagef("--attestations needs --all-platforms")
+			popts, err := platforms.options()
+			if err != nil {
+				return err
 			}
 			if jobs < 1 {
 				return usagef("--jobs must be at least 1, got %d", jobs)
 			}
 			opts := []remotecache.Option{remotecache.WithJobs(jobs), remotecache.WithLogger(g.log)}
-			if platform != "" {
-				p, err := v1.ParsePlatform(platform)
-				if err != nil {
-					return usagef("--platform %q: %w", platform, err)
-				}
-				opts = append(opts, remotecache.WithPlatform(*p))
-			}
-			if allPlatforms {
-				opts = append(opts, remotecache.WithAllPlatforms())
-			}
-			if attestations {
-				opts = append(opts, remotecache.WithAttestations())
-			}
+			opts = append(opts, popts...)
 			ctx := cmd.Context()
 			refs, err := imageArgs(ctx, g, args, from)
 			if err != nil {
@@ -133,9 +116,7 @@ stdin), one a line, as warm does.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&platform, "platform", "", "platform to check in an image index, os/arch[/variant] (default linux/amd64)")
-	f.BoolVar(&allPlatforms, "all-platforms", false, "check every platform of an image index")
-	f.BoolVar(&attestations, "attestations", false, "with --all-platforms, check the index's attestation manifests too")
+	platforms.add(f, "check", "in")
 	f.StringArrayVar(&from, "from", nil, "read references from `FILE`, one a line (\"-\" for stdin); may be repeated")
 	f.IntVarP(&jobs, "jobs", "j", runtime.GOMAXPROCS(0), "blobs to hash at once")
 	return cmd

@@ -40,7 +40,7 @@ func newVerifyCmd(g *globals) *cobra.Command {
 		Use:   "verify",
 		Short: "Re-hash every cached blob and report corrupted ones",
 		Long: `Re-hash every blob in the cache, several at once, and report those whose bytes
-no longer match their digest, and every ref of index.json whose manifest is
+do not match their digest, and every ref of index.json whose manifest is
 missing or corrupted (a dangling ref). Without --repair, both are left in place
 and the exit status is 1 if any were found. With --repair, corrupted blobs are
 removed (the next warm or pull fetches them again), refs whose manifest is gone

@@ -8,7 +8,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/ocibuild/layercache/pkg/remotecache"
@@ -24,15 +23,13 @@ type warmJSON struct {
 
 func newWarmCmd(g *globals) *cobra.Command {
 	var (
-		platform     string
-		allPlatforms bool
-		jobs         int
-		insecure     bool
-		offline      bool
-		resolve      string
-		from         []string
-		attestations bool
-		mirrors      mirrorOpts
+		platforms platformFlags
+		jobs      int
+		insecure  bool
+		offline   bool
+		resolve   string
+		from      []string
+		mirrors   mirrorOpts
 	)
 	cmd := &cobra.Command{
 		Use:   "warm IMAGE...",
@@ -83,11 +80,9 @@ Credentials come from the Docker config, as with crane and docker.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if platform != "" && allPlatforms {
-				return usagef("--platform and --all-platforms cannot be used together")
-			}
-			if attestations && !allPlatforms {
-				return usagef("--attestations needs --all-platforms")
+			popts, err := platforms.options()
+			if err != nil {
+				return err
 			}
 			if jobs < 1 {
 				return usagef("--jobs must be at least 1, got %d", jobs)
@@ -119,19 +114,7 @@ Credentials come from the Docker config, as with crane and docker.`,
 				remotecache.WithJobs(jobs),
 				remotecache.WithLogger(g.log),
 			}
-			if platform != "" {
-				p, err := v1.ParsePlatform(platform)
-				if err != nil {
-					return usagef("--platform %q: %w", platform, err)
-				}
-				opts = append(opts, remotecache.WithPlatform(*p))
-			}
-			if allPlatforms {
-				opts = append(opts, remotecache.WithAllPlatforms())
-			}
-			if attestations {
-				opts = append(opts, remotecache.WithAttestations())
-			}
+			opts = append(opts, popts...)
 			opts = append(opts, remotecache.WithResolve(policy))
 			mopts, err := mirrors.options(refs, g.log)
 			if err != nil {
@@ -179,9 +162,7 @@ Credentials come from the Docker config, as with crane and docker.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&platform, "platform", "", "platform to warm from an image index, os/arch[/variant] (default linux/amd64)")
-	f.BoolVar(&allPlatforms, "all-platforms", false, "warm every platform of an image index")
-	f.BoolVar(&attestations, "attestations", false, "with --all-platforms, warm the index's attestation manifests too")
+	platforms.add(f, "warm", "from")
 	f.StringArrayVar(&from, "from", nil, "read references from `FILE`, one a line (\"-\" for stdin); may be repeated")
 	f.IntVarP(&jobs, "jobs", "j", remotecache.DefaultJobs, "blobs to fetch or verify at once")
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the registry")

@@ -538,7 +538,7 @@ func TestHostileOversized(t *testing.T) {
 // file, and the like. Every command and the library refuse each folder
 // (ErrNotLayout; exit status 1 with one line that says so) and touch
 // nothing in it: the tree, modification times included, is the same
-// after each command as before.
+// after each command as it was before it.
 func TestHostileUserFolders(t *testing.T) {
 	w := newWorld(t, []int64{32 << 10})
 	img := w.images[0]

@@ -43,7 +43,7 @@ import (
 // answers 200, and the blobs follow one round trip earlier. Any other
 // answer (401 from a registry that wants a token, even for anonymous
 // pulls, as Docker Hub and ghcr.io do; a redirect; an error) is dropped,
-// and the request goes through ggcr as before, whose handshake has
+// and the request goes through ggcr, whose handshake has
 // meanwhile run. The early request is given as long again as the
 // handshake took, at least eagerGraceMin, after the handshake is done:
 // past that, ggcr asks instead, so a registry that is slow to answer

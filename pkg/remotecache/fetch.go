@@ -305,9 +305,9 @@ func (p *puller) getByTag(ctx context.Context, rp *remote.Puller, ref name.Refer
 	claimed, mt, seen := c.get()
 	if !seen {
 		// A transport of the caller's (WithRemote) replaced the one that
-		// notes the header. Ask with a HEAD, as pulls did before this
-		// shortcut, and fetch by digest if the bytes are not what it
-		// names (or the tag moved in between).
+		// notes the header. Ask with a HEAD for the digest the tag names,
+		// and fetch by digest if the bytes are not what it names (or the
+		// tag moved in between).
 		hd, err := rp.Head(ctx, ref)
 		if err != nil {
 			return "", nil, err

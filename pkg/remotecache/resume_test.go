@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,6 +27,13 @@ import (
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
 )
+
+// callCounter returns a func that numbers its calls from 0, safely from
+// many goroutines.
+func callCounter() func() int {
+	var n atomic.Int64
+	return func() int { return int(n.Add(1) - 1) }
+}
 
 // rangeStartOf is where the Range header of req starts, or 0.
 func rangeStartOf(req *http.Request) int64 {
@@ -64,13 +72,9 @@ func (c *cutWriter) Write(b []byte) (int, error) {
 // the requests after the first itself, to play a registry that handles
 // Range its own way.
 func cutsAt(size int64, points []float64, answer func(w http.ResponseWriter, r *http.Request, next http.Handler) bool) fault {
-	var mu sync.Mutex
-	calls := 0
+	nextCall := callCounter()
 	return func(w http.ResponseWriter, r *http.Request, next http.Handler) {
-		mu.Lock()
-		call := calls
-		calls++
-		mu.Unlock()
+		call := nextCall()
 		if call > 0 && answer != nil && answer(w, r, next) {
 			return
 		}
@@ -342,13 +346,9 @@ func TestTransportAndWarm_ResumeCutDownload(t *testing.T) {
 // holds the connection open until the client goes away; later GETs are
 // served whole.
 func stallAt(size int64, frac float64) fault {
-	var mu sync.Mutex
-	calls := 0
+	nextCall := callCounter()
 	return func(w http.ResponseWriter, r *http.Request, next http.Handler) {
-		mu.Lock()
-		call := calls
-		calls++
-		mu.Unlock()
+		call := nextCall()
 		if call > 0 {
 			next.ServeHTTP(w, r)
 			return
