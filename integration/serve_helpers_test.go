@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -62,6 +63,10 @@ func startServe(t *testing.T, name, cache string, args ...string) *server {
 	// cleanup must be the one that stops the process, with SIGTERM.
 	s.cmd = exec.Command(r.cli, append([]string{"--cache-dir", cache, "serve", "--addr", "127.0.0.1:0"}, args...)...)
 	s.cmd.Env = r.env
+	// Its working directory is the cache's parent, a folder of the test's
+	// own, so that a relative path it were tricked into writing lands
+	// where a test can look.
+	s.cmd.Dir = filepath.Dir(cache)
 	s.cmd.Stdout = s.log
 	s.cmd.Stderr = s.log
 	if err := s.cmd.Start(); err != nil {
@@ -162,19 +167,6 @@ func (l *lineLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return string(l.buf)
-}
-
-// count returns how many whole lines match re.
-func (l *lineLog) count(re *regexp.Regexp) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, line := range l.lines {
-		if re.MatchString(line) {
-			n++
-		}
-	}
-	return n
 }
 
 // wait returns the first line that matches re, waiting for it until ctx
