@@ -625,3 +625,35 @@ func snapshot(t *testing.T, root, skip string) string {
 	}
 	return b.String()
 }
+
+// TestServe_OfflineAfterPull pulls an image with crane through serve,
+// stops the upstream registry, and pulls it again by tag through a new
+// serve process on the same cache: with --offline, and without it (the
+// upstream cannot be reached, so the tag resolves from index.json as warm
+// does). Both give the upstream's image.
+func TestServe_OfflineAfterPull(t *testing.T) {
+	t.Parallel()
+	crane := toolBin(t, regtest.Crane)
+	sf := newServeFixture(t, "offline/img:v1", 64<<10)
+	cache := t.TempDir() + "/cache"
+	srv := startServe(t, "serve", cache, "--upstream", sf.p.Addr, "--insecure")
+	runTool(t, crane, "pull", "--insecure", "--format", "oci", srv.Addr+"/offline/img:v1", t.TempDir()+"/layout")
+	srv.Stop()
+	// The upstream goes away: the registry and the proxy in front of it,
+	// so that its address refuses connections.
+	sf.reg.Stop()
+	sf.p.Close()
+
+	for _, args := range [][]string{{"--offline"}, nil} {
+		t.Run(fmt.Sprintf("serve%s", strings.Join(append([]string{""}, args...), " ")), func(t *testing.T) {
+			srv := startServe(t, "serve", cache, append([]string{"--upstream", sf.p.Addr, "--insecure"}, args...)...)
+			ref := srv.Addr + "/offline/img:v1"
+			if got := strings.TrimSpace(string(runTool(t, crane, "digest", "--insecure", ref))); got != sf.fx.want.digest.String() {
+				t.Errorf("crane digest %s = %s, want %s", ref, got, sf.fx.want.digest)
+			}
+			dir := t.TempDir() + "/layout"
+			runTool(t, crane, "pull", "--insecure", "--format", "oci", ref, dir)
+			assertLayoutImage(t, "crane pull with the upstream down", dir, sf.fx)
+		})
+	}
+}
