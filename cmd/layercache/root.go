@@ -183,6 +183,7 @@ gleam.toml; ./_build/ocibuild_cache.`,
 		newPruneCmd(g),
 		newClearCmd(g),
 		newStatsCmd(g),
+		newServeCmd(g),
 		newDemoCmd(g),
 	)
 	return root

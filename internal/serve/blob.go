@@ -43,7 +43,7 @@ func (h *Handler) blob(w *logWriter, r *http.Request, repo name.Repository, d di
 		writeError(w, r, &apiError{http.StatusBadRequest, codeDigestInvalid, err.Error()})
 		return
 	}
-	rc, size, err := remotecache.Blob(ctx, repo, h2, h.s, append(h.o.Pull[:len(h.o.Pull):len(h.o.Pull)], remotecache.WithCounters(&c))...)
+	rc, size, err := remotecache.Blob(ctx, repo, h2, h.s, h.pullOptions(repo, &c)...)
 	stop()
 	if err != nil {
 		cancel()

@@ -31,7 +31,7 @@ func (h *Handler) manifest(w *logWriter, r *http.Request, repo name.Repository, 
 		nref = repo.Tag(ref)
 	}
 	var c remotecache.Counters
-	desc, raw, err := remotecache.Manifest(r.Context(), nref, h.s, append(h.o.Pull[:len(h.o.Pull):len(h.o.Pull)], remotecache.WithCounters(&c))...)
+	desc, raw, err := remotecache.Manifest(r.Context(), nref, h.s, h.pullOptions(repo, &c)...)
 	w.cache = "miss"
 	if c.Fetched().Blobs == 0 && c.Cached().Blobs > 0 || err == nil && c.Fetched().Blobs == 0 {
 		w.cache = "hit"

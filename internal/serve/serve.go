@@ -44,6 +44,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/ocibuild/layercache/pkg/remotecache"
@@ -65,6 +66,11 @@ type Options struct {
 	// Pull are the options of every manifest and blob pull: mirrors,
 	// keychain, transport, resolve policy, logger.
 	Pull []remotecache.Option
+	// Mirrors, if set, returns the options that set the mirrors of a
+	// registry (remotecache.WithMirrors), asked for each request: for
+	// mirrors configured per registry, such as containerd's hosts.toml
+	// with its _default, which no list made in advance can hold.
+	Mirrors func(registry string) []remotecache.Option
 	// Remote are the options of the requests passed through to the
 	// upstream (tags/list, referrers): keychain, transport.
 	Remote []remote.Option
@@ -159,6 +165,16 @@ func (h *Handler) background(fn func()) {
 		}()
 		fn()
 	}()
+}
+
+// pullOptions are the options of the pull of one request from repo,
+// counting into c.
+func (h *Handler) pullOptions(repo name.Repository, c *remotecache.Counters) []remotecache.Option {
+	opts := append([]remotecache.Option(nil), h.o.Pull...)
+	if h.o.Mirrors != nil {
+		opts = append(opts, h.o.Mirrors(repo.RegistryStr())...)
+	}
+	return append(opts, remotecache.WithCounters(c))
 }
 
 // MaxHeaderBytes bounds the header of a request: clients of the pull API
