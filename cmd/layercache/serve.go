@@ -143,10 +143,12 @@ registries.conf.`,
 			if err != nil {
 				return fmt.Errorf("--addr %s: %w", addr, err)
 			}
+			// The first line of stderr, which scripts wait for and read
+			// the address from.
+			fmt.Fprintf(g.stderr, "layercache serve: listening on http://%s (cache %s)\n", ln.Addr(), s.Dir())
 			if !isLoopback(addr) {
 				fmt.Fprintf(g.stderr, "layercache serve: warning: %s is not a loopback address; anyone who can reach it can pull through this cache (serve has no authentication)\n", addr)
 			}
-			fmt.Fprintf(g.stderr, "layercache serve: listening on http://%s (cache %s)\n", ln.Addr(), s.Dir())
 			return runServer(cmd.Context(), g, serve.NewServer(h), h, ln)
 		},
 	}
