@@ -20,8 +20,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 	"github.com/opencontainers/go-digest"
 
@@ -47,7 +50,7 @@ type upstream struct {
 func newUpstream(t *testing.T) *upstream {
 	t.Helper()
 	u := &upstream{
-		reg:      registry.New(registry.Logger(log.New(io.Discard, "", 0))),
+		reg:      registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(true)),
 		blobGets: map[string]int{},
 		hold:     map[string]chan struct{}{},
 		held:     make(chan string, 16),
@@ -677,5 +680,69 @@ func TestConcurrentMissesDownloadOnce(t *testing.T) {
 	}
 	if n := up.gets(h); n != 1 {
 		t.Errorf("%d upstream GETs of the blob, want 1", n)
+	}
+}
+
+// The referrers API is passed through to the upstream, with its
+// artifactType filter.
+func TestReferrers(t *testing.T) {
+	up := newUpstream(t)
+	img := up.push(t, "test/img:v1", 256, 1)
+	subject, err := partial.Descriptor(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := random.Image(128, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig = mutate.ConfigMediaType(mutate.MediaType(sig, types.OCIManifestSchema1), "application/vnd.example.sig")
+	sig = mutate.Subject(sig, *subject).(v1.Image)
+	ref, err := name.ParseReference(up.host + "/test/img:sig")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, sig); err != nil {
+		t.Fatal(err)
+	}
+	fx := start(t, up, serve.Options{Upstream: up.host})
+	for _, tc := range []struct {
+		query string
+		want  int
+	}{{"", 1}, {"?artifactType=application/vnd.example.sig", 1}, {"?artifactType=application/other", 0}} {
+		resp, body := fx.do(t, http.MethodGet, "/v2/test/img/referrers/"+subject.Digest.String()+tc.query)
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != string(types.OCIImageIndex) {
+			t.Fatalf("referrers%s: %s %s %s", tc.query, resp.Status, resp.Header.Get("Content-Type"), body)
+		}
+		im, err := v1.ParseIndexManifest(bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(im.Manifests) != tc.want {
+			t.Errorf("referrers%s: %d manifests, want %d", tc.query, len(im.Manifests), tc.want)
+		}
+	}
+}
+
+// Offline, tags/list lists the tags index.json records for the repository.
+func TestTagsListOffline(t *testing.T) {
+	up := newUpstream(t)
+	up.push(t, "test/img:v1", 256, 1)
+	up.push(t, "test/img:v2", 256, 1)
+	fx := start(t, up, serve.Options{Upstream: up.host})
+	for _, tag := range []string{"v1", "v2"} {
+		if resp, body := fx.do(t, http.MethodGet, "/v2/test/img/manifests/"+tag); resp.StatusCode != 200 {
+			t.Fatalf("%s: %s %s", tag, resp.Status, body)
+		}
+	}
+	up.srv.Close()
+	off, err := serve.New(fx.s, serve.Options{Upstream: up.host, Offline: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	off.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v2/test/img/tags/list", nil))
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"tags":["v1","v2"]`) {
+		t.Errorf("offline tags/list: %d %s, want v1 and v2", rec.Code, rec.Body)
 	}
 }
