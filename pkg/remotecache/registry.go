@@ -37,7 +37,7 @@ import (
 // With WithOffline, a blob the store does not hold is ErrOffline.
 // WithContext is ignored: ctx is the context.
 func Blob(ctx context.Context, repo name.Repository, h v1.Hash, s *store.Store, opts ...Option) (rc io.ReadCloser, size int64, err error) {
-	o, err := makeOptions(append(opts, WithContext(ctx)))
+	o, err := makeOptions(withContext(ctx, opts))
 	if err != nil {
 		return nil, -1, err
 	}
@@ -86,7 +86,7 @@ func Blob(ctx context.Context, repo name.Repository, h v1.Hash, s *store.Store, 
 // (an artifact of another schema) is returned but not recorded, so that it
 // never resolves offline. WithContext is ignored: ctx is the context.
 func Manifest(ctx context.Context, ref name.Reference, s *store.Store, opts ...Option) (v1.Descriptor, []byte, error) {
-	o, err := makeOptions(append(opts, WithContext(ctx)))
+	o, err := makeOptions(withContext(ctx, opts))
 	if err != nil {
 		return v1.Descriptor{}, nil, err
 	}
@@ -105,4 +105,10 @@ func Manifest(ctx context.Context, ref name.Reference, s *store.Store, opts ...O
 		p.recordRef(ctx, ref, desc)
 	}
 	return desc, raw, nil
+}
+
+// withContext returns opts, then WithContext(ctx), in a slice of its own:
+// the caller's may be shared between goroutines.
+func withContext(ctx context.Context, opts []Option) []Option {
+	return append(append(make([]Option, 0, len(opts)+1), opts...), WithContext(ctx))
 }
