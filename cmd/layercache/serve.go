@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -97,6 +98,12 @@ registries.conf.`,
 			if printConfig != "" {
 				return printServeConfig(g, printConfig, addr, upstream, insecure)
 			}
+			// The listening line is the first of stderr: scripts wait
+			// for it. What is logged before it (a warning of the
+			// store, -v's debug lines) is held back until it is out.
+			held := &heldWriter{w: g.stderr}
+			defer held.release("")
+			g.stderr, g.log = held, g.newLogger(held)
 			policy, err := remotecache.ParseResolvePolicy(resolve)
 			if err != nil {
 				return usagef("--resolve: %w", err)
@@ -143,9 +150,7 @@ registries.conf.`,
 			if err != nil {
 				return fmt.Errorf("--addr %s: %w", addr, err)
 			}
-			// The first line of stderr, which scripts wait for and read
-			// the address from.
-			fmt.Fprintf(g.stderr, "layercache serve: listening on http://%s (cache %s)\n", ln.Addr(), s.Dir())
+			held.release(fmt.Sprintf("layercache serve: listening on http://%s (cache %s)\n", ln.Addr(), s.Dir()))
 			if !isLoopback(addr) {
 				fmt.Fprintf(g.stderr, "layercache serve: warning: %s is not a loopback address; anyone who can reach it can pull through this cache (serve has no authentication)\n", addr)
 			}
@@ -192,6 +197,38 @@ func runServer(ctx context.Context, g *globals, srv *http.Server, h *serve.Handl
 		fmt.Fprintf(g.stderr, "layercache serve: cut what was still running after %s: %v\n", shutdownGrace, err)
 	}
 	return nil
+}
+
+// heldWriter holds what is written to it until release, which writes a
+// line first, then what was held, and lets later writes through.
+type heldWriter struct {
+	mu   sync.Mutex
+	w    io.Writer
+	held []byte
+	open bool
+}
+
+func (h *heldWriter) Write(b []byte) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.open {
+		h.held = append(h.held, b...)
+		return len(b), nil
+	}
+	return h.w.Write(b)
+}
+
+// release writes first, then what was held; later calls do nothing.
+func (h *heldWriter) release(first string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.open {
+		return
+	}
+	h.open = true
+	io.WriteString(h.w, first)
+	h.w.Write(h.held)
+	h.held = nil
 }
 
 // isLoopback reports whether addr (HOST:PORT) binds loopback only.

@@ -559,7 +559,8 @@ func TestServe_PrintConfig(t *testing.T) {
 }
 
 // TestServe_NonLoopbackWarns checks the warning for an --addr that is not
-// loopback, printed after the listening line.
+// loopback, printed after the listening line, which stays the first line
+// of stderr with -v.
 func TestServe_NonLoopbackWarns(t *testing.T) {
 	t.Parallel()
 	bin, err := exec.LookPath("layercache")
@@ -573,7 +574,9 @@ func TestServe_NonLoopbackWarns(t *testing.T) {
 	if err := cmd.Run(); cmd.ProcessState.ExitCode() != exitUsage {
 		t.Errorf("--upstream a/b: %v, want exit %d", err, exitUsage)
 	}
-	p := startServeAddr(t, t.TempDir(), cache, "0.0.0.0:0")
+	// -v: debug lines come before the listening line is written, and
+	// are held back until it is out (startServe checks it is first).
+	p := startServeAddr(t, t.TempDir(), cache, "0.0.0.0:0", "-v")
 	if !p.waitFor("not a loopback address") {
 		t.Errorf("no warning for 0.0.0.0:\n%s", p.stderr())
 	}
