@@ -210,3 +210,31 @@ func TestManifest_StatusErrors(t *testing.T) {
 		t.Errorf("%d requests, want 0", n)
 	}
 }
+
+// Blob asks the mirrors first, and Manifest by digest too.
+func TestBlob_MirrorFirst(t *testing.T) {
+	m := newMirrored(t, 48)
+	s, _ := openStore(t)
+	opts := m.opts(remotecache.Mirror{URL: "http://" + m.mirror.host})
+	h := m.fx.layers[0]
+	rc, _, err := remotecache.Blob(t.Context(), m.fx.ref.Context(), h, s, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, m.fx.comp[h]) {
+		t.Fatalf("Blob through a mirror: %d bytes, %v", len(got), err)
+	}
+	byDigest := m.fx.ref.Context().Digest(m.fx.digest.String())
+	if _, _, err := remotecache.Manifest(t.Context(), byDigest, s, opts...); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.blobGets(m.up); n != 0 || m.up.manifestDigestGets() != 0 {
+		t.Errorf("%d blob GETs and %d manifest GETs at the upstream, want none", n, m.up.manifestDigestGets())
+	}
+	if n := m.mirror.gets(h); n != 1 {
+		t.Errorf("%d GETs of the blob at the mirror, want 1", n)
+	}
+	assertStored(t, s, h)
+}
