@@ -65,11 +65,12 @@ The upstream of a request is, first match wins:
 
 Once listening, serve prints "layercache serve: listening on http://HOST:PORT
 (cache DIR)" on stderr, then one access log line per request (method, path,
-status, bytes, hit or miss, duration), or one JSON object per line with
---json. It binds loopback by default, and warns when --addr is another
-address: serve has no authentication. SIGINT or SIGTERM stops it: it stops
-accepting connections, lets the responses in flight finish (at most 30 s),
-and exits 0.
+status, bytes, hit or miss, duration, upstream repository), or one JSON
+object per line with --json. It binds loopback by default, and warns when
+--addr is another address: serve has no authentication. SIGINT or SIGTERM
+stops it: it stops accepting connections, lets the responses in flight and
+the downloads left by clients that went away finish (at most 30 s), and
+exits 0.
 
 --print-config KIND prints, on stdout, the configuration that points a client
 at this server and exits: containerd's hosts.toml, BuildKit's buildkitd.toml,

@@ -13,6 +13,7 @@ type logWriter struct {
 	status int
 	bytes  int64
 	cache  string // "hit", "miss", or "" when the cache had no part
+	name   string // the upstream repository, once routed
 }
 
 func (w *logWriter) WriteHeader(code int) {
@@ -58,6 +59,9 @@ func (h *Handler) logRequest(r *http.Request, w *logWriter, d time.Duration) {
 		slog.Int64("bytes", w.bytes),
 		slog.String("cache", cache),
 		slog.Duration("duration", d),
+	}
+	if w.name != "" {
+		attrs = append(attrs, slog.String("name", w.name))
 	}
 	if ns := r.URL.Query().Get("ns"); ns != "" {
 		attrs = append(attrs, slog.String("ns", ns))

@@ -32,8 +32,10 @@ func (h *Handler) manifest(w *logWriter, r *http.Request, repo name.Repository, 
 	}
 	var c remotecache.Counters
 	desc, raw, err := remotecache.Manifest(r.Context(), nref, h.s, h.pullOptions(repo, &c)...)
+	// A hit when nothing was fetched: the manifest came from the store
+	// (a tag asked upstream with a HEAD still counts as a hit).
 	w.cache = "miss"
-	if c.Fetched().Blobs == 0 && c.Cached().Blobs > 0 || err == nil && c.Fetched().Blobs == 0 {
+	if c.Fetched().Blobs == 0 && (c.Cached().Blobs > 0 || err == nil) {
 		w.cache = "hit"
 	}
 	if err != nil {

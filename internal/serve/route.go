@@ -126,7 +126,6 @@ func (h *Handler) route(w *logWriter, r *http.Request) {
 		return
 	}
 	if p == "/v2" || p == "/v2/" {
-		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Content-Length", "2")
 		w.WriteHeader(http.StatusOK)
@@ -161,6 +160,7 @@ func (h *Handler) route(w *logWriter, r *http.Request) {
 		writeError(w, r, aerr)
 		return
 	}
+	w.name = repo.Name()
 	switch kind {
 	case "manifests":
 		h.manifest(w, r, repo, m[2])

@@ -33,7 +33,8 @@
 //     upstream that cannot be reached for something the cache does not
 //     hold is a 502 that says so.
 //   - Each request gives one access log record (log.go): method, path,
-//     status, bytes, hit or miss, duration.
+//     status, bytes, hit or miss, duration, and the upstream repository
+//     it was routed to.
 package serve
 
 import (
@@ -201,6 +202,9 @@ func NewServer(h http.Handler) *http.Server {
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	// On every answer, as distribution sends it: clients check it on
+	// /v2/, and some on errors too.
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	lw := &logWriter{ResponseWriter: w}
 	defer func() {
 		h.logRequest(r, lw, time.Since(start))
