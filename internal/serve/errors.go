@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 
@@ -74,6 +75,8 @@ func (h *Handler) pullError(err error, unknown, what string) *apiError {
 		return upstreamStatus(terr, unknown, what)
 	case errors.Is(err, context.Canceled):
 		return &apiError{http.StatusServiceUnavailable, codeUnsupported, "request cancelled (client gone or server shutting down)"}
+	case errors.As(err, new(*net.OpError)), errors.As(err, new(*net.DNSError)):
+		return &apiError{http.StatusBadGateway, unknown, what + " is not in the cache, and the upstream cannot be reached: " + err.Error()}
 	}
 	return &apiError{http.StatusBadGateway, unknown, fmt.Sprintf("%s: %v", what, err)}
 }

@@ -623,9 +623,11 @@ func TestUnreachableIsBadGateway(t *testing.T) {
 	up := newUpstream(t)
 	fx := start(t, up, serve.Options{Upstream: up.host})
 	up.srv.Close()
-	resp, body := fx.do(t, http.MethodGet, "/v2/test/img/manifests/v1")
-	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "cannot be reached") {
-		t.Errorf("GET with the upstream down: %s %s, want 502 saying it cannot be reached", resp.Status, body)
+	for _, path := range []string{"/v2/test/img/manifests/v1", "/v2/test/img/blobs/sha256:" + strings.Repeat("0", 64)} {
+		resp, body := fx.do(t, http.MethodGet, path)
+		if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "cannot be reached") {
+			t.Errorf("GET %s with the upstream down: %s %s, want 502 saying it cannot be reached", path, resp.Status, body)
+		}
 	}
 }
 
