@@ -582,3 +582,52 @@ func TestServe_NonLoopbackWarns(t *testing.T) {
 	}
 	p.stop(t, syscall.SIGTERM)
 }
+
+// TestServe_ClientCutThenRestart kills serve while a client it lost is
+// still half-downloaded: nothing is committed, and the next serve gets the
+// blob whole.
+func TestServe_ClientCutThenRestart(t *testing.T) {
+	t.Parallel()
+	up := newServeUpstream(t)
+	img := up.push(t, "test/img:v1", 1<<20, 1)
+	l, _ := img.Layers()
+	h, _ := l[0].Digest()
+	rc, _ := l[0].Compressed()
+	blob, _ := io.ReadAll(rc)
+	up.mu.Lock()
+	up.hold[h.String()] = make(chan struct{}) // never released
+	up.mu.Unlock()
+	cache := filepath.Join(t.TempDir(), "cache")
+	p := startServe(t, t.TempDir(), cache, "--upstream", up.host)
+
+	resp, err := http.Get("http://" + p.addr + "/v2/test/img/blobs/" + h.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-up.held
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1024)); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close() // the client goes away
+	p.cmd.Process.Kill()
+	<-p.done
+	file := filepath.Join(cache, "blobs", h.Algorithm, h.Hex)
+	if _, err := os.Lstat(file); !os.IsNotExist(err) {
+		t.Fatalf("after a kill mid-blob, %s: %v, want no file", file, err)
+	}
+
+	up.mu.Lock()
+	delete(up.hold, h.String())
+	up.mu.Unlock()
+	p = startServe(t, t.TempDir(), cache, "--upstream", up.host)
+	resp2, body := p.do(t, http.MethodGet, "/v2/test/img/blobs/"+h.String())
+	if resp2.StatusCode != 200 || !bytes.Equal(body, blob) {
+		t.Errorf("after the restart: %s, %d bytes; want the blob whole", resp2.Status, len(body))
+	}
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+	if code, out, errOut := runCLI(t, "", "--cache-dir", cache, "verify"); code != 0 {
+		t.Errorf("verify: exit %d\n%s%s", code, out, errOut)
+	}
+}
