@@ -37,13 +37,10 @@ func (h *Handler) blob(w *logWriter, r *http.Request, repo name.Repository, d di
 	ctx, cancel := context.WithCancel(h.bg)
 	stop := context.AfterFunc(r.Context(), cancel)
 	var c remotecache.Counters
-	h2, err := v1.NewHash(d.String())
-	if err != nil { // d was validated: cannot happen
-		cancel()
-		writeError(w, r, &apiError{http.StatusBadRequest, codeDigestInvalid, err.Error()})
-		return
-	}
-	rc, size, err := remotecache.Blob(ctx, repo, h2, h.s, h.pullOptions(repo, &c)...)
+	// Not v1.NewHash, which knows only sha256: d is valid for the store,
+	// which keeps sha512 too.
+	hash := v1.Hash{Algorithm: string(d.Algorithm()), Hex: d.Encoded()}
+	rc, size, err := remotecache.Blob(ctx, repo, hash, h.s, h.pullOptions(repo, &c)...)
 	stop()
 	if err != nil {
 		cancel()

@@ -748,3 +748,17 @@ func TestTagsListOffline(t *testing.T) {
 		t.Errorf("offline tags/list: %d %s, want v1 and v2", rec.Code, rec.Body)
 	}
 }
+
+// A sha512 blob the store holds is served like any other.
+func TestSHA512Blob(t *testing.T) {
+	fx := start(t, nil, serve.Options{Offline: true})
+	data := []byte("a blob named by its sha512 digest")
+	d := digest.SHA512.FromBytes(data)
+	if err := fx.s.PutVerified(t.Context(), d, int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := fx.do(t, http.MethodGet, "/v2/test/img/blobs/"+d.String())
+	if resp.StatusCode != 200 || !bytes.Equal(body, data) {
+		t.Errorf("GET sha512 blob: %s %q", resp.Status, body)
+	}
+}
