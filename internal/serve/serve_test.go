@@ -762,3 +762,23 @@ func TestSHA512Blob(t *testing.T) {
 		t.Errorf("GET sha512 blob: %s %q", resp.Status, body)
 	}
 }
+
+// A HEAD of a blob not cached answers with its size, and leaves the blob
+// cached: its download runs on in the background.
+func TestHeadMissCachesBlob(t *testing.T) {
+	up := newUpstream(t)
+	img := up.push(t, "test/img:v1", 4096, 1)
+	h, b := layerOf(t, img, 0)
+	fx := start(t, up, serve.Options{Upstream: up.host})
+	resp, body := fx.do(t, http.MethodHead, "/v2/test/img/blobs/"+h.String())
+	if resp.StatusCode != 200 || resp.ContentLength != int64(len(b)) || len(body) != 0 {
+		t.Fatalf("HEAD: %s, Content-Length %d, %d body bytes; want 200, %d, none", resp.Status, resp.ContentLength, len(body), len(b))
+	}
+	fx.srv.Close()
+	if err := fx.h.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fx.s.Verify(t.Context(), digest.Digest(h.String())); err != nil {
+		t.Errorf("after a HEAD, the blob is not cached: %v", err)
+	}
+}
