@@ -172,41 +172,45 @@ func (l *lineLog) String() string {
 // wait returns the first line that matches re, waiting for it until ctx
 // ends or exited is closed (the writer's process is gone).
 func (l *lineLog) wait(ctx context.Context, exited <-chan struct{}, re *regexp.Regexp) (string, error) {
-	seen := 0
+	lines, err := l.waitN(ctx, exited, re, 1)
+	if err != nil {
+		return "", err
+	}
+	return lines[0], nil
+}
+
+// waitN returns the first n lines that match re, waiting for them as
+// wait does.
+func (l *lineLog) waitN(ctx context.Context, exited <-chan struct{}, re *regexp.Regexp, n int) ([]string, error) {
 	for {
 		l.mu.Lock()
-		for ; seen < len(l.lines); seen++ {
-			if re.MatchString(l.lines[seen]) {
-				line := l.lines[seen]
-				l.mu.Unlock()
-				return line, nil
+		var found []string
+		for _, line := range l.lines {
+			if re.MatchString(line) {
+				if found = append(found, line); len(found) == n {
+					break
+				}
 			}
 		}
 		changed := l.changed
 		l.mu.Unlock()
+		if len(found) == n {
+			return found, nil
+		}
 		select {
 		case <-changed:
 		case <-exited:
-			// Take the lines written before the exit.
-			if line, ok := l.match(re); ok {
-				return line, nil
+			// The lines written before the exit are all in: look once more.
+			select {
+			case <-changed:
+				continue
+			default:
 			}
-			return "", fmt.Errorf("the process exited")
+			return found, fmt.Errorf("the process exited after %d of %d lines matching %s", len(found), n, re)
 		case <-ctx.Done():
-			return "", ctx.Err()
+			return found, fmt.Errorf("%d of %d lines matching %s: %w", len(found), n, re, ctx.Err())
 		}
 	}
-}
-
-func (l *lineLog) match(re *regexp.Regexp) (string, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, line := range l.lines {
-		if re.MatchString(line) {
-			return line, true
-		}
-	}
-	return "", false
 }
 
 // toolBin returns the path of tool's binary (regtest.BuildTool).

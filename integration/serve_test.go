@@ -15,6 +15,7 @@ import (
 	"net/http/httptrace"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -395,6 +396,14 @@ func TestServe_ConcurrentColdBlobOnce(t *testing.T) {
 		}
 	}
 	assertStats(t, "8 clients through 2 serve processes", sf.p.Stats(), regtest.Stats{BlobGets: 1, BlobBytes: size, ManifestGets: -1, BlobUploads: 0, Mounts: 0})
+	// Each process answered its half: the access log has a line per
+	// request, written once the response is done.
+	served := regexp.MustCompile(`method=GET path=/v2/once/img/blobs/` + regexp.QuoteMeta(d.String()) + ` status=200 `)
+	for _, srv := range srvs {
+		if _, err := srv.log.waitN(ctx, srv.done, served, clients/2); err != nil {
+			t.Errorf("%s: access log: %v", srv.name, err)
+		}
+	}
 	s, err := store.Open(cache)
 	if err != nil {
 		t.Fatal(err)
