@@ -30,6 +30,8 @@ import (
 	"path/filepath"
 
 	"github.com/ocibuild/layercache/internal/faultpoint"
+
+	"github.com/ocibuild/layercache/internal/diskerr"
 )
 
 // Names of the files and folders of a layout, relative to its root.
@@ -151,7 +153,7 @@ func (p Path) ensureDirs() error {
 			continue // blobs/<alg> is made by the first write of such a blob
 		}
 		// Best effort: a read-only layout is still a usable one for reads.
-		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) && !IsReadOnly(err) {
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) && !errors.Is(diskerr.Mark(err), diskerr.ErrReadOnly) {
 			return fmt.Errorf("cache dir %s: %w", p, err)
 		}
 	}

@@ -20,7 +20,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -530,10 +529,10 @@ func (p *puller) noteStoreReadError(d digest.Digest, err error) {
 // for a build to fail.
 func (p *puller) noteStoreWriteError(d digest.Digest, err error) {
 	switch {
-	case layout.IsReadOnly(err):
+	case errors.Is(err, store.ErrReadOnly):
 		p.o.warnOnce.warn("readonly", "cache is read-only; serving hits from it and misses from the registry without caching them",
 			"dir", p.s.Dir(), "err", err)
-	case isNoSpace(err):
+	case errors.Is(err, store.ErrNoSpace):
 		p.o.warnOnce.warn("nospace", "cache disk is full; misses are served from the registry without caching them",
 			"dir", p.s.Dir(), "err", err)
 	default:

@@ -189,6 +189,9 @@ func hostileDiskFullChild(t *testing.T, dir string) {
 	if err == nil || !errors.Is(err, syscall.EFBIG) || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("Put over the file size limit: got %v, want EFBIG and the words disk full", err)
 	}
+	if !errors.Is(err, store.ErrNoSpace) {
+		t.Errorf("Put over the file size limit: got %v, want ErrNoSpace", err)
+	}
 	if _, err := s.Stat(context.Background(), digest.FromBytes(data)); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("Stat after the failed Put: got %v, want ErrNotFound", err)
 	}

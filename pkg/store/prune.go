@@ -12,6 +12,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocibuild/layercache/internal/faultpoint"
+
+	"github.com/ocibuild/layercache/internal/diskerr"
 )
 
 // Policy says what Prune evicts. The zero Policy evicts nothing but still
@@ -45,7 +47,8 @@ type PruneReport struct {
 // Prune is safe while other processes read and write the store: a reader
 // that has a blob open keeps reading it, and a blob used again after Prune
 // listed it (its last use moved) is kept. It checks ctx between blobs.
-func (s *Store) Prune(ctx context.Context, p Policy) (PruneReport, error) {
+func (s *Store) Prune(ctx context.Context, p Policy) (_ PruneReport, err error) {
+	defer diskerr.MarkAt(&err)
 	if p.MaxSize < 0 || p.MaxAge < 0 {
 		return PruneReport{}, errors.New("prune: negative max size or max age")
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocibuild/layercache/layout"
+
+	"github.com/ocibuild/layercache/internal/diskerr"
 )
 
 // bufSize is the read size of the store's copy loops. 256 KiB reads keep
@@ -35,7 +37,8 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 // A missing blob gives ErrNotFound; a malformed digest gives
 // ErrInvalidDigest and touches no file. Reading refreshes the blob's last
 // use, at most once an hour.
-func (s *Store) Open(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
+func (s *Store) Open(ctx context.Context, d digest.Digest) (_ io.ReadCloser, err error) {
+	defer diskerr.MarkAt(&err)
 	f, fi, path, err := s.openFile(ctx, d)
 	if err != nil {
 		return nil, err
@@ -54,7 +57,8 @@ func (s *Store) Open(ctx context.Context, d digest.Digest) (io.ReadCloser, error
 // The blob's file is immutable once published, and the reader keeps the
 // verified file open, so a concurrent Delete, Prune or republication does not
 // change what it serves.
-func (s *Store) OpenVerified(ctx context.Context, d digest.Digest) (io.ReadCloser, Info, error) {
+func (s *Store) OpenVerified(ctx context.Context, d digest.Digest) (_ io.ReadCloser, _ Info, err error) {
+	defer diskerr.MarkAt(&err)
 	f, fi, path, err := s.openFile(ctx, d)
 	if err != nil {
 		return nil, Info{}, err
@@ -91,7 +95,8 @@ const MaxBlobInMemory = layout.MaxManifestSize
 // meant for manifests and configs: it holds the blob in memory, so avoid it
 // for layers. A blob larger than MaxBlobInMemory gives ErrTooLarge and is
 // neither read nor removed; other errors are those of Open.
-func (s *Store) Get(ctx context.Context, d digest.Digest) ([]byte, error) {
+func (s *Store) Get(ctx context.Context, d digest.Digest) (_ []byte, err error) {
+	defer diskerr.MarkAt(&err)
 	f, fi, path, err := s.openFile(ctx, d)
 	if err != nil {
 		return nil, err
@@ -131,7 +136,8 @@ func readWhole(f *os.File, fi fs.FileInfo, d digest.Digest, path string) ([]byte
 // use is left alone, so looking does not change what Prune evicts. A
 // corrupted blob gives ErrCorrupted and is left in place, as with Verify;
 // a blob larger than MaxBlobInMemory gives ErrTooLarge, as with Get.
-func (s *Store) Inspect(ctx context.Context, d digest.Digest) ([]byte, error) {
+func (s *Store) Inspect(ctx context.Context, d digest.Digest) (_ []byte, err error) {
+	defer diskerr.MarkAt(&err)
 	f, fi, path, err := s.openFileNoTouch(ctx, d)
 	if err != nil {
 		return nil, err
@@ -143,7 +149,8 @@ func (s *Store) Inspect(ctx context.Context, d digest.Digest) ([]byte, error) {
 // Verify hashes the stored blob d and reports whether it matches, without
 // removing it: a corrupted blob gives ErrCorrupted and stays in place for
 // the caller to inspect or Delete. It does not refresh the last use.
-func (s *Store) Verify(ctx context.Context, d digest.Digest) (Info, error) {
+func (s *Store) Verify(ctx context.Context, d digest.Digest) (_ Info, err error) {
+	defer diskerr.MarkAt(&err)
 	f, fi, path, err := s.openFileNoTouch(ctx, d)
 	if err != nil {
 		return Info{}, err

@@ -7,6 +7,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocibuild/layercache/layout"
+
+	"github.com/ocibuild/layercache/internal/diskerr"
 )
 
 // RefAnnotation is the annotation of index.json entries that holds the
@@ -16,7 +18,8 @@ const RefAnnotation = ocispec.AnnotationRefName
 
 // Refs returns the entries of index.json that carry a ref name, in file
 // order. It takes no lock.
-func (s *Store) Refs(ctx context.Context) ([]ocispec.Descriptor, error) {
+func (s *Store) Refs(ctx context.Context) (_ []ocispec.Descriptor, err error) {
+	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -35,7 +38,8 @@ func (s *Store) Refs(ctx context.Context) ([]ocispec.Descriptor, error) {
 
 // Resolve returns the descriptor recorded for the ref name, or an error
 // wrapping ErrNotFound. It does not check that the blob is still stored.
-func (s *Store) Resolve(ctx context.Context, name string) (ocispec.Descriptor, error) {
+func (s *Store) Resolve(ctx context.Context, name string) (_ ocispec.Descriptor, err error) {
+	defer diskerr.MarkAt(&err)
 	refs, err := s.Refs(ctx)
 	if err != nil {
 		return ocispec.Descriptor{}, err
@@ -53,7 +57,8 @@ func (s *Store) Resolve(ctx context.Context, name string) (ocispec.Descriptor, e
 // their entry: the rewrite happens under the index lock. A descriptor whose
 // digest does not validate gives ErrInvalidDigest and leaves index.json as
 // it was.
-func (s *Store) Tag(ctx context.Context, name string, desc ocispec.Descriptor) error {
+func (s *Store) Tag(ctx context.Context, name string, desc ocispec.Descriptor) (err error) {
+	defer diskerr.MarkAt(&err)
 	if name == "" {
 		return fmt.Errorf("tag %s: empty ref name", desc.Digest)
 	}
@@ -82,7 +87,8 @@ func (s *Store) Tag(ctx context.Context, name string, desc ocispec.Descriptor) e
 
 // Untag removes the entries of the given ref names from index.json. Names
 // that are not there are ignored.
-func (s *Store) Untag(ctx context.Context, names ...string) error {
+func (s *Store) Untag(ctx context.Context, names ...string) (err error) {
+	defer diskerr.MarkAt(&err)
 	drop := map[string]bool{}
 	for _, n := range names {
 		drop[n] = true

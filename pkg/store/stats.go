@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"time"
+
+	"github.com/ocibuild/layercache/internal/diskerr"
 )
 
 // Stats are the counters that pulls add to, kept beside the blobs so that
@@ -19,7 +21,8 @@ type Stats struct {
 // Stats returns the counters recorded so far. A cache with none gives
 // zero counters. An unreadable stats file gives zero counters too: they
 // are advice, not data.
-func (s *Store) Stats(ctx context.Context) (Stats, error) {
+func (s *Store) Stats(ctx context.Context) (_ Stats, err error) {
+	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return Stats{}, err
 	}
@@ -36,7 +39,8 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 
 // AddStats adds delta's counters to the recorded ones, atomically across
 // processes. A read-only cache gives an error the caller may ignore.
-func (s *Store) AddStats(ctx context.Context, delta Stats) error {
+func (s *Store) AddStats(ctx context.Context, delta Stats) (err error) {
+	defer diskerr.MarkAt(&err)
 	return s.path.UpdateStats(ctx, func(old []byte) ([]byte, error) {
 		var st Stats
 		if len(old) > 0 && json.Unmarshal(old, &st) != nil {
@@ -54,7 +58,8 @@ func (s *Store) AddStats(ctx context.Context, delta Stats) error {
 }
 
 // ResetStats clears the counters.
-func (s *Store) ResetStats(ctx context.Context) error {
+func (s *Store) ResetStats(ctx context.Context) (err error) {
+	defer diskerr.MarkAt(&err)
 	return s.path.UpdateStats(ctx, func([]byte) ([]byte, error) {
 		return json.MarshalIndent(Stats{Since: s.now().UTC()}, "", "  ")
 	})

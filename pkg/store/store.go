@@ -39,6 +39,8 @@ import (
 
 	"github.com/ocibuild/layercache/internal/faultpoint"
 	"github.com/ocibuild/layercache/layout"
+
+	"github.com/ocibuild/layercache/internal/diskerr"
 )
 
 // sweepAge is how old a file in ingest/ must be before Open or Clear
@@ -75,12 +77,13 @@ type Info struct {
 // is a file, or a non-empty directory that is not a layout (say $HOME by
 // mistake), is refused with an error wrapping ErrNotLayout. A layout on a
 // read-only file system opens fine: reads work, writes fail with an error
-// for which layout.IsReadOnly is true.
+// wrapping ErrReadOnly.
 //
 // Open sweeps ingest/ of temp files older than an hour that crashed writers
 // left behind, and rebuilds an index.json that is not a valid OCI image
 // index from the blobs, with a warning (see layout.Path.RepairIndex).
-func Open(dir string, opts ...Option) (*Store, error) {
+func Open(dir string, opts ...Option) (_ *Store, err error) {
+	defer diskerr.MarkAt(&err)
 	o, err := makeOptions(opts)
 	if err != nil {
 		return nil, err
@@ -119,7 +122,8 @@ func (s *Store) Layout() layout.Path { return s.path }
 // Stat returns the size and last use of a stored blob without reading it.
 // A missing blob gives ErrNotFound; an entry that is not a regular file
 // (a directory or a symlink planted at the blob's name) gives ErrCorrupted.
-func (s *Store) Stat(ctx context.Context, d digest.Digest) (Info, error) {
+func (s *Store) Stat(ctx context.Context, d digest.Digest) (_ Info, err error) {
+	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return Info{}, err
 	}
@@ -139,7 +143,8 @@ func (s *Store) Stat(ctx context.Context, d digest.Digest) (Info, error) {
 
 // Delete removes a blob. A missing blob gives ErrNotFound. A reader that
 // has the blob open keeps reading it.
-func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
+func (s *Store) Delete(ctx context.Context, d digest.Digest) (err error) {
+	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -171,7 +176,8 @@ func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
 // which readers of refs already handle: Resolve does not look at blobs,
 // `layercache images` shows the image as incomplete, and a pull fetches
 // what is missing.
-func (s *Store) Clear(ctx context.Context) error {
+func (s *Store) Clear(ctx context.Context) (err error) {
+	defer diskerr.MarkAt(&err)
 	if blobs := s.path.Join(layout.BlobsDir); layout.CheckDir(blobs) != nil {
 		// A symlink planted at blobs/: remove the link, never what it
 		// points at. Nothing below it is ours.

@@ -11,6 +11,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocibuild/layercache/layout"
+
+	"github.com/ocibuild/layercache/internal/diskerr"
 )
 
 // Walk calls fn for every blob in the store, sha256 first, then sha512, in
@@ -21,7 +23,8 @@ import (
 // Walk stops at the first error of fn, which it returns, and checks ctx
 // between blobs. Blobs added or removed during the walk may or may not be
 // visited.
-func (s *Store) Walk(ctx context.Context, fn func(Info) error) error {
+func (s *Store) Walk(ctx context.Context, fn func(Info) error) (err error) {
+	defer diskerr.MarkAt(&err)
 	if layout.CheckDir(s.path.Join(layout.BlobsDir)) != nil {
 		return nil // a planted symlink holds no blob of ours
 	}
