@@ -29,9 +29,8 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/ocibuild/layercache/internal/faultpoint"
-
 	"github.com/ocibuild/layercache/internal/diskerr"
+	"github.com/ocibuild/layercache/internal/faultpoint"
 )
 
 // Names of the files and folders of a layout, relative to its root.

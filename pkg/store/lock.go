@@ -6,9 +6,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocibuild/layercache/internal/faultpoint"
-
 	"github.com/ocibuild/layercache/internal/diskerr"
+	"github.com/ocibuild/layercache/internal/faultpoint"
 )
 
 // blobLocks serialises, within one process, the holders of a digest's

@@ -11,9 +11,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/internal/faultpoint"
-
 	"github.com/ocibuild/layercache/internal/diskerr"
+	"github.com/ocibuild/layercache/internal/faultpoint"
 )
 
 // Policy says what Prune evicts. The zero Policy evicts nothing but still

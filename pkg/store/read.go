@@ -13,9 +13,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocibuild/layercache/layout"
-
 	"github.com/ocibuild/layercache/internal/diskerr"
+	"github.com/ocibuild/layercache/layout"
 )
 
 // bufSize is the read size of the store's copy loops. 256 KiB reads keep

@@ -6,9 +6,8 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/layout"
-
 	"github.com/ocibuild/layercache/internal/diskerr"
+	"github.com/ocibuild/layercache/layout"
 )
 
 // RefAnnotation is the annotation of index.json entries that holds the

@@ -37,10 +37,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/internal/diskerr"
 	"github.com/ocibuild/layercache/internal/faultpoint"
 	"github.com/ocibuild/layercache/layout"
-
-	"github.com/ocibuild/layercache/internal/diskerr"
 )
 
 // sweepAge is how old a file in ingest/ must be before Open or Clear

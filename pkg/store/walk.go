@@ -10,9 +10,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocibuild/layercache/layout"
-
 	"github.com/ocibuild/layercache/internal/diskerr"
+	"github.com/ocibuild/layercache/layout"
 )
 
 // Walk calls fn for every blob in the store, sha256 first, then sha512, in

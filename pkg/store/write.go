@@ -11,10 +11,9 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocibuild/layercache/internal/diskerr"
 	"github.com/ocibuild/layercache/internal/faultpoint"
 	"github.com/ocibuild/layercache/layout"
-
-	"github.com/ocibuild/layercache/internal/diskerr"
 )
 
 // Put stores the data read from r and returns its sha256 digest, computed
