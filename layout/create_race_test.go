@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/layout"
 )
 
@@ -84,22 +85,22 @@ func TestCreate_Processes(t *testing.T) {
 	const rounds = 20
 	if base := os.Getenv(childDirEnv); base != "" {
 		id := os.Getenv(childIDEnv)
-		childBarrier(t, os.Getenv(childSyncEnv), id)
+		testutil.ChildBarrier(t, os.Getenv(childSyncEnv), id)
 		createRounds(t, base, id, rounds)
 		return
 	}
 	base := t.TempDir()
 	syncDir := t.TempDir()
 	ids := []string{"p0", "p1", "p2"}
-	var children []*child
+	var children []*testutil.Child
 	for _, id := range ids {
-		children = append(children, startChild(t, t.Name(),
+		children = append(children, testutil.StartChild(t, t.Name(),
 			childDirEnv+"="+base, childIDEnv+"="+id, childSyncEnv+"="+syncDir))
 	}
-	releaseChildren(t, syncDir, ids)
+	testutil.ReleaseChildren(t, syncDir, ids)
 	createRounds(t, base, "parent", rounds)
 	for _, c := range children {
-		c.wait(t)
+		c.Wait(t)
 	}
 	for r := range rounds {
 		p := layout.Path(filepath.Join(base, strconv.Itoa(r)))

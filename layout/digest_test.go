@@ -8,6 +8,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/layout"
 )
 
@@ -15,46 +16,6 @@ var (
 	hex64  = strings.Repeat("0123456789abcdef", 4)
 	hex128 = strings.Repeat("0123456789abcdef", 8)
 )
-
-// invalidDigests are inputs that must never become a path. The same table,
-// with the same reasons, is in pkg/store/storetest, which runs it through
-// every store method taking a digest.
-var invalidDigests = []struct {
-	digest digest.Digest
-	reason string
-}{
-	{"", "empty"},
-	{digest.Digest(hex64), "no algorithm"},
-	{digest.Digest(":" + hex64), "empty algorithm"},
-	{"md5:d41d8cd98f00b204e9800998ecf8427e", "unknown algorithm md5"},
-	{digest.Digest("sha384:" + hex64 + hex64[:32]), "sha384 is a valid go-digest algorithm but not one a layout stores"},
-	{digest.Digest("sha1:" + hex64[:40]), "unknown algorithm sha1"},
-	{digest.Digest("SHA256:" + hex64), "uppercase algorithm"},
-	{digest.Digest("sha256+b64u:" + hex64), "algorithm with a separator"},
-	{digest.Digest("sha256:" + strings.ToUpper(hex64)), "uppercase hex"},
-	{digest.Digest("sha256:" + hex64[:63] + "A"), "one uppercase hex digit"},
-	{digest.Digest("sha256:" + hex64[:63] + "g"), "non-hex letter"},
-	{digest.Digest("sha256:" + hex64[:10]), "wrong length: short"},
-	{digest.Digest("sha256:" + hex64[:63]), "wrong length: one digit short"},
-	{digest.Digest("sha256:" + hex64 + "0"), "wrong length: one digit long"},
-	{digest.Digest("sha256:" + hex128), "wrong length: sha512 length under sha256"},
-	{digest.Digest("sha512:" + hex64), "wrong length: sha256 length under sha512"},
-	{"sha256:../../etc/passwd", "path traversal"},
-	{digest.Digest("sha256:../" + hex64[:61]), "path traversal of the right length"},
-	{digest.Digest("sha256:" + hex64[:32] + "\x00" + hex64[:31]), "embedded NUL"},
-	{digest.Digest("sha256:" + hex64 + "\x00"), "trailing NUL"},
-	{digest.Digest("sha256:" + hex64[:32] + "/" + hex64[:31]), "embedded slash"},
-	{digest.Digest("sha256:/" + hex64[:63]), "leading slash"},
-	{digest.Digest(" sha256:" + hex64), "leading space"},
-	{digest.Digest("sha256:" + hex64 + " "), "trailing space"},
-	{digest.Digest("sha256:" + hex64 + "\n"), "trailing newline"},
-	{digest.Digest("sha256: " + hex64[:63]), "space after the colon"},
-	{"sha256:", "sha256: with empty hex"},
-	{"sha256", "algorithm without colon"},
-	{digest.Digest("sha256::" + hex64), "double colon"},
-	{digest.Digest("sha256:sha256:" + hex64), "algorithm twice"},
-	{digest.Digest("sha256:" + hex64[:62] + "é"), "non-ASCII byte"},
-}
 
 func TestBlobPath(t *testing.T) {
 	p := layout.Path("/cache")
@@ -89,25 +50,25 @@ func TestBlobPath_Invalid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := snapshot(t, dir)
-	for _, tc := range invalidDigests {
-		t.Run(tc.reason, func(t *testing.T) {
-			got, err := p.BlobPath(tc.digest)
+	before := testutil.Snapshot(t, dir)
+	for _, tc := range testutil.InvalidDigests {
+		t.Run(tc.Reason, func(t *testing.T) {
+			got, err := p.BlobPath(tc.Digest)
 			if !errors.Is(err, layout.ErrInvalidDigest) {
-				t.Errorf("BlobPath(%q): got (%q, %v), want ErrInvalidDigest", tc.digest, got, err)
+				t.Errorf("BlobPath(%q): got (%q, %v), want ErrInvalidDigest", tc.Digest, got, err)
 			}
 			if got != "" {
-				t.Errorf("BlobPath(%q): got path %q, want %q", tc.digest, got, "")
+				t.Errorf("BlobPath(%q): got path %q, want %q", tc.Digest, got, "")
 			}
-			if err := layout.Validate(tc.digest); !errors.Is(err, layout.ErrInvalidDigest) {
-				t.Errorf("Validate(%q): got %v, want ErrInvalidDigest", tc.digest, err)
+			if err := layout.Validate(tc.Digest); !errors.Is(err, layout.ErrInvalidDigest) {
+				t.Errorf("Validate(%q): got %v, want ErrInvalidDigest", tc.Digest, err)
 			}
-			if _, err := p.LockBlob(t.Context(), tc.digest); !errors.Is(err, layout.ErrInvalidDigest) {
-				t.Errorf("LockBlob(%q): got %v, want ErrInvalidDigest", tc.digest, err)
+			if _, err := p.LockBlob(t.Context(), tc.Digest); !errors.Is(err, layout.ErrInvalidDigest) {
+				t.Errorf("LockBlob(%q): got %v, want ErrInvalidDigest", tc.Digest, err)
 			}
 		})
 	}
-	assertUnchanged(t, dir, before)
+	testutil.AssertUnchanged(t, dir, before)
 }
 
 func TestValidate_ErrorNamesTheDigest(t *testing.T) {
@@ -167,8 +128,8 @@ func TestParseBlobName(t *testing.T) {
 // strictly inside blobs/<alg>/, and that file's name parses back to the
 // same digest.
 func FuzzBlobPath(f *testing.F) {
-	for _, tc := range invalidDigests {
-		f.Add(string(tc.digest))
+	for _, tc := range testutil.InvalidDigests {
+		f.Add(string(tc.Digest))
 	}
 	f.Add("sha256:" + hex64)
 	f.Add("sha512:" + hex128)

@@ -16,6 +16,7 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/layout"
 )
 
@@ -254,7 +255,7 @@ func TestUpdateIndex_Processes(t *testing.T) {
 	const each = 20
 	if dir := os.Getenv(childDirEnv); dir != "" {
 		id := os.Getenv(childIDEnv)
-		childBarrier(t, os.Getenv(childSyncEnv), id)
+		testutil.ChildBarrier(t, os.Getenv(childSyncEnv), id)
 		for i := range each {
 			addRef(t, layout.Path(dir), id+"-"+strconv.Itoa(i))
 		}
@@ -263,17 +264,17 @@ func TestUpdateIndex_Processes(t *testing.T) {
 	p := newLayout(t)
 	syncDir := t.TempDir()
 	ids := []string{"p0", "p1", "p2"}
-	var children []*child
+	var children []*testutil.Child
 	for _, id := range ids {
-		children = append(children, startChild(t, t.Name(),
+		children = append(children, testutil.StartChild(t, t.Name(),
 			childDirEnv+"="+p.String(), childIDEnv+"="+id, childSyncEnv+"="+syncDir))
 	}
-	releaseChildren(t, syncDir, ids)
+	testutil.ReleaseChildren(t, syncDir, ids)
 	for i := range each {
 		addRef(t, p, "parent-"+strconv.Itoa(i))
 	}
 	for _, c := range children {
-		c.wait(t)
+		c.Wait(t)
 	}
 	var want []string
 	for _, id := range append(ids, "parent") {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/layout"
 )
 
@@ -107,7 +108,7 @@ func TestLockBlob_Excludes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !exists(t, p.Join(layout.IngestDir, lockName(digestA))) {
+	if !testutil.Exists(t, p.Join(layout.IngestDir, lockName(digestA))) {
 		t.Errorf("lock file %s not in ingest/", lockName(digestA))
 	}
 
@@ -180,14 +181,14 @@ func TestLockBlob_Process(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer l.Unlock()
-		writeFile(t, filepath.Join(os.Getenv(childSyncEnv), "locked"), "")
+		testutil.WriteFile(t, filepath.Join(os.Getenv(childSyncEnv), "locked"), "")
 		time.Sleep(time.Minute) // until the parent kills us
 		return
 	}
 	p := newLayout(t)
 	syncDir := t.TempDir()
-	c := startChild(t, t.Name(), childDirEnv+"="+p.String(), childSyncEnv+"="+syncDir)
-	waitFile(t, filepath.Join(syncDir, "locked"), time.Minute)
+	c := testutil.StartChild(t, t.Name(), childDirEnv+"="+p.String(), childSyncEnv+"="+syncDir)
+	testutil.WaitFile(t, filepath.Join(syncDir, "locked"), time.Minute)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
@@ -201,14 +202,14 @@ func TestLockBlob_Process(t *testing.T) {
 	if _, err := p.Sweep(t.Context(), time.Now().Add(-time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if !exists(t, lockPath) {
+	if !testutil.Exists(t, lockPath) {
 		t.Fatal("Sweep removed a lock held by another process")
 	}
 
-	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := c.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.cmd.Wait(); err == nil {
+	if err := c.Cmd.Wait(); err == nil {
 		t.Fatal("child exited cleanly; want it killed")
 	}
 	l, err := p.LockBlob(&noWait{Context: t.Context()}, digestA)
@@ -222,7 +223,7 @@ func TestLockBlob_Process(t *testing.T) {
 	if n, err := p.Sweep(t.Context(), time.Now().Add(-time.Hour)); err != nil || n != 1 {
 		t.Errorf("Sweep: got (%d, %v), want (1, nil)", n, err)
 	}
-	if exists(t, lockPath) {
+	if testutil.Exists(t, lockPath) {
 		t.Error("Sweep kept an old unheld lock file")
 	}
 }
@@ -309,9 +310,9 @@ func TestSweep(t *testing.T) {
 	for _, f := range files {
 		switch {
 		case f.name == "blob-dir.tmp":
-			writeFile(t, filepath.Join(ingest(f.name), "inner"), "x")
-		case !exists(t, ingest(f.name)):
-			writeFile(t, ingest(f.name), "x")
+			testutil.WriteFile(t, filepath.Join(ingest(f.name), "inner"), "x")
+		case !testutil.Exists(t, ingest(f.name)):
+			testutil.WriteFile(t, ingest(f.name), "x")
 		}
 		if f.old {
 			setAge(t, ingest(f.name), 2*time.Hour)
@@ -326,7 +327,7 @@ func TestSweep(t *testing.T) {
 		if !f.kept {
 			wantRemoved++
 		}
-		if got := exists(t, ingest(f.name)); got != f.kept {
+		if got := testutil.Exists(t, ingest(f.name)); got != f.kept {
 			t.Errorf("%s (%s): exists after Sweep = %v, want %v", f.name, f.reason, got, f.kept)
 		}
 	}
@@ -355,14 +356,14 @@ func TestSweep_NoIngest(t *testing.T) {
 
 func TestSweep_CancelledContext(t *testing.T) {
 	p := newLayout(t)
-	writeFile(t, p.Join(layout.IngestDir, "blob-1.tmp"), "x")
+	testutil.WriteFile(t, p.Join(layout.IngestDir, "blob-1.tmp"), "x")
 	setAge(t, p.Join(layout.IngestDir, "blob-1.tmp"), 2*time.Hour)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	if _, err := p.Sweep(ctx, time.Now()); !errors.Is(err, context.Canceled) {
 		t.Errorf("Sweep: got %v, want context.Canceled", err)
 	}
-	if !exists(t, p.Join(layout.IngestDir, "blob-1.tmp")) {
+	if !testutil.Exists(t, p.Join(layout.IngestDir, "blob-1.tmp")) {
 		t.Error("a cancelled Sweep removed a file")
 	}
 }

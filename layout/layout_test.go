@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/layout"
 )
 
@@ -97,14 +98,14 @@ func TestCreate(t *testing.T) {
 					t.Fatal(err)
 				}
 				addRef(t, p, "example.com/app:v1")
-				writeFile(t, filepath.Join(dir, "blobs", "sha256", "ab"), "kept")
+				testutil.WriteFile(t, filepath.Join(dir, "blobs", "sha256", "ab"), "kept")
 				return dir
 			},
 			check: func(t *testing.T, p layout.Path) {
 				if got, want := refNames(t, p), []string{"example.com/app:v1"}; !slices.Equal(got, want) {
 					t.Errorf("refs: got %q, want %q", got, want)
 				}
-				if !exists(t, p.Join("blobs", "sha256", "ab")) {
+				if !testutil.Exists(t, p.Join("blobs", "sha256", "ab")) {
 					t.Error("a file of the reused layout was removed")
 				}
 			},
@@ -112,8 +113,8 @@ func TestCreate(t *testing.T) {
 		{
 			name: "layout written by another tool (no blobs/, no ingest/) gets its folders",
 			setup: func(t *testing.T, dir string) string {
-				writeFile(t, filepath.Join(dir, layout.LayoutFile), wantLayoutFile)
-				writeFile(t, filepath.Join(dir, layout.IndexFile), `{"schemaVersion":2,"manifests":[]}`)
+				testutil.WriteFile(t, filepath.Join(dir, layout.LayoutFile), wantLayoutFile)
+				testutil.WriteFile(t, filepath.Join(dir, layout.IndexFile), `{"schemaVersion":2,"manifests":[]}`)
 				return dir
 			},
 		},
@@ -172,8 +173,8 @@ func TestCreate_Refused(t *testing.T) {
 		{
 			name: "non-empty directory that is not a layout (say $HOME) is not filled with blobs",
 			setup: func(t *testing.T, dir string) string {
-				writeFile(t, filepath.Join(dir, ".bashrc"), "export PS1=$ ")
-				writeFile(t, filepath.Join(dir, "src", "main.go"), "package main")
+				testutil.WriteFile(t, filepath.Join(dir, ".bashrc"), "export PS1=$ ")
+				testutil.WriteFile(t, filepath.Join(dir, "src", "main.go"), "package main")
 				return dir
 			},
 		},
@@ -183,7 +184,7 @@ func TestCreate_Refused(t *testing.T) {
 				if err := os.Mkdir(filepath.Join(dir, layout.BlobsDir), 0o755); err != nil {
 					t.Fatal(err)
 				}
-				writeFile(t, filepath.Join(dir, "notes.txt"), "mine")
+				testutil.WriteFile(t, filepath.Join(dir, "notes.txt"), "mine")
 				return dir
 			},
 		},
@@ -191,28 +192,28 @@ func TestCreate_Refused(t *testing.T) {
 			name: "path is a file",
 			setup: func(t *testing.T, dir string) string {
 				path := filepath.Join(dir, "cache")
-				writeFile(t, path, "a file, not a directory")
+				testutil.WriteFile(t, path, "a file, not a directory")
 				return path
 			},
 		},
 		{
 			name: "oci-layout is not JSON",
 			setup: func(t *testing.T, dir string) string {
-				writeFile(t, filepath.Join(dir, layout.LayoutFile), "imageLayoutVersion=1.0.0")
+				testutil.WriteFile(t, filepath.Join(dir, layout.LayoutFile), "imageLayoutVersion=1.0.0")
 				return dir
 			},
 		},
 		{
 			name: "oci-layout is JSON without imageLayoutVersion",
 			setup: func(t *testing.T, dir string) string {
-				writeFile(t, filepath.Join(dir, layout.LayoutFile), `{"version":"1.0.0"}`)
+				testutil.WriteFile(t, filepath.Join(dir, layout.LayoutFile), `{"version":"1.0.0"}`)
 				return dir
 			},
 		},
 		{
 			name: "oci-layout is truncated",
 			setup: func(t *testing.T, dir string) string {
-				writeFile(t, filepath.Join(dir, layout.LayoutFile), wantLayoutFile[:10])
+				testutil.WriteFile(t, filepath.Join(dir, layout.LayoutFile), wantLayoutFile[:10])
 				return dir
 			},
 		},
@@ -221,7 +222,7 @@ func TestCreate_Refused(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			arg := tc.setup(t, dir)
-			before := snapshot(t, dir)
+			before := testutil.Snapshot(t, dir)
 			p, err := layout.Create(arg)
 			if !errors.Is(err, layout.ErrNotLayout) {
 				t.Fatalf("Create(%q): got (%q, %v), want ErrNotLayout", arg, p, err)
@@ -229,7 +230,7 @@ func TestCreate_Refused(t *testing.T) {
 			if p != "" {
 				t.Errorf("Path: got %q, want %q", p, "")
 			}
-			assertUnchanged(t, dir, before)
+			testutil.AssertUnchanged(t, dir, before)
 		})
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/layout"
 )
 
@@ -158,13 +159,13 @@ func TestLock_FolderOfFilesAtLockFile(t *testing.T) {
 			p := newLayout(t)
 			u := lockUsers(p)[i]
 			path := p.Join(layout.IngestDir, u.lock)
-			writeFile(t, filepath.Join(path, "mine.txt"), "mine")
-			before := snapshot(t, path)
+			testutil.WriteFile(t, filepath.Join(path, "mine.txt"), "mine")
+			before := testutil.Snapshot(t, path)
 			err := notBlocked(t, u.name, func() error { return u.use(t.Context()) })
 			if err == nil || !strings.Contains(err.Error(), path) {
 				t.Errorf("%s with a folder of files at %s: got %v, want an error naming %s", u.name, u.lock, err, path)
 			}
-			assertUnchanged(t, path, before)
+			testutil.AssertUnchanged(t, path, before)
 		})
 	}
 }
@@ -285,7 +286,7 @@ func TestSweep_SpecialFiles(t *testing.T) {
 		t.Fatalf("Sweep: %v", err)
 	}
 	for name, removed := range names {
-		if got := !exists(t, p.Join(layout.IngestDir, name)); got != removed {
+		if got := !testutil.Exists(t, p.Join(layout.IngestDir, name)); got != removed {
 			t.Errorf("%s: removed = %v, want %v", name, got, removed)
 		}
 	}

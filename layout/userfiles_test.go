@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/layout"
 )
 
@@ -19,8 +20,8 @@ import (
 func userFolder(t *testing.T, dir string) {
 	t.Helper()
 	ingest := filepath.Join(dir, layout.IngestDir)
-	writeFile(t, filepath.Join(ingest, "customers.csv"), "id,name\n1,Ada\n")
-	writeFile(t, filepath.Join(ingest, "batch", "part-0001.csv"), "1\n")
+	testutil.WriteFile(t, filepath.Join(ingest, "customers.csv"), "id,name\n1,Ada\n")
+	testutil.WriteFile(t, filepath.Join(ingest, "batch", "part-0001.csv"), "1\n")
 	for _, rel := range []string{"customers.csv", filepath.Join("batch", "part-0001.csv"), "batch"} {
 		setAge(t, filepath.Join(ingest, rel), 48*time.Hour)
 	}
@@ -37,13 +38,13 @@ func TestCreate_RefusesFolderOfUserFiles(t *testing.T) {
 	}{
 		{"ingest/ holding a user's file and subfolder", userFolder},
 		{"a user's index.json alone", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.IndexFile), `{"name":"my-app","version":"1.0.0"}`)
+			testutil.WriteFile(t, filepath.Join(dir, layout.IndexFile), `{"name":"my-app","version":"1.0.0"}`)
 		}},
 		{"a user's valid OCI index.json alone, which layercache did not write", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.IndexFile), `{"schemaVersion":2,"manifests":[]}`)
+			testutil.WriteFile(t, filepath.Join(dir, layout.IndexFile), `{"schemaVersion":2,"manifests":[]}`)
 		}},
 		{"blobs/ holding a user's file", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.BlobsDir, "photo.jpg"), "jpeg")
+			testutil.WriteFile(t, filepath.Join(dir, layout.BlobsDir, "photo.jpg"), "jpeg")
 		}},
 		{"blobs/ and ingest/ beside a user's index.json", func(t *testing.T, dir string) {
 			for _, d := range []string{layout.BlobsDir, layout.IngestDir} {
@@ -51,32 +52,32 @@ func TestCreate_RefusesFolderOfUserFiles(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			writeFile(t, filepath.Join(dir, layout.IndexFile), `{"name":"my-app"}`)
+			testutil.WriteFile(t, filepath.Join(dir, layout.IndexFile), `{"name":"my-app"}`)
 		}},
 		{"ingest/ holding a user's file named like a lock, with a bad digest", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.IngestDir, "sha256-notes.lock"), "mine")
+			testutil.WriteFile(t, filepath.Join(dir, layout.IngestDir, "sha256-notes.lock"), "mine")
 		}},
 		{"a stats file alone (no oci-layout)", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.StatsFile), `{"hits":1}`)
+			testutil.WriteFile(t, filepath.Join(dir, layout.StatsFile), `{"hits":1}`)
 		}},
 		{"an index.json.corrupt alone (no oci-layout)", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.CorruptIndexFile), "garbage")
+			testutil.WriteFile(t, filepath.Join(dir, layout.CorruptIndexFile), "garbage")
 		}},
 		{"ingest/ and blobs/ as files", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.IngestDir), "a file")
-			writeFile(t, filepath.Join(dir, layout.BlobsDir), "a file")
+			testutil.WriteFile(t, filepath.Join(dir, layout.IngestDir), "a file")
+			testutil.WriteFile(t, filepath.Join(dir, layout.BlobsDir), "a file")
 		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			tc.setup(t, dir)
-			before := snapshot(t, dir)
+			before := testutil.Snapshot(t, dir)
 			p, err := layout.Create(dir)
 			if !errors.Is(err, layout.ErrNotLayout) {
 				t.Errorf("Create: got (%q, %v), want ErrNotLayout", p, err)
 			}
-			assertUnchanged(t, dir, before)
+			testutil.AssertUnchanged(t, dir, before)
 		})
 	}
 }
@@ -156,18 +157,18 @@ func TestSweep_LeavesUserFiles(t *testing.T) {
 		"index.json":             "a file named like a layout file, not a temp file",
 	}
 	for name := range theirs {
-		writeFile(t, ingest(name), "mine")
+		testutil.WriteFile(t, ingest(name), "mine")
 	}
 	// Folders are never swept, not even one at a name of ours.
 	dirs := []string{"batch", "blob-123.tmp", lockName(digestA)}
 	for _, d := range dirs {
-		writeFile(t, filepath.Join(ingest(d), "part-0001.csv"), "mine")
+		testutil.WriteFile(t, filepath.Join(ingest(d), "part-0001.csv"), "mine")
 		setAge(t, filepath.Join(ingest(d), "part-0001.csv"), 48*time.Hour)
 	}
 	for _, name := range append(append(ours, dirs...), keys(theirs)...) {
 		setAge(t, ingest(name), 48*time.Hour)
 	}
-	before := snapshot(t, p.Join(layout.IngestDir))
+	before := testutil.Snapshot(t, p.Join(layout.IngestDir))
 
 	n, err := p.Sweep(t.Context(), time.Now().Add(-time.Hour))
 	if err != nil {
@@ -177,16 +178,16 @@ func TestSweep_LeavesUserFiles(t *testing.T) {
 		t.Errorf("Sweep removed %d files, want %d (%q)", n, len(ours), ours)
 	}
 	for _, name := range ours {
-		if exists(t, ingest(name)) {
+		if testutil.Exists(t, ingest(name)) {
 			t.Errorf("Sweep kept %s, an old file of layercache's", name)
 		}
 		delete(before, name)
 	}
 	// The removals changed ingest/'s mtime; everything else is as it was.
 	delete(before, ".")
-	after := snapshot(t, p.Join(layout.IngestDir))
+	after := testutil.Snapshot(t, p.Join(layout.IngestDir))
 	delete(after, ".")
-	if d := before.diff(after); d != "" {
+	if d := before.Diff(after); d != "" {
 		t.Errorf("Sweep changed what is not layercache's:\n%s", d)
 	}
 }
@@ -232,7 +233,7 @@ func createTemp(t *testing.T, p layout.Path, pattern string) string {
 func TestRepairIndex_KeepsFolderContents(t *testing.T) {
 	p := newLayout(t)
 	rmAll(t, p.Join(layout.IndexFile))
-	writeFile(t, p.Join(layout.IndexFile, "mine.txt"), "mine")
+	testutil.WriteFile(t, p.Join(layout.IndexFile, "mine.txt"), "mine")
 	if rebuilt, _, err := p.RepairIndex(t.Context()); err != nil || !rebuilt {
 		t.Fatalf("RepairIndex of a folder at index.json: got (%v, %v), want (true, nil)", rebuilt, err)
 	}
@@ -240,10 +241,10 @@ func TestRepairIndex_KeepsFolderContents(t *testing.T) {
 		t.Errorf("%s/mine.txt: got (%q, %v), want the file the folder held", layout.CorruptIndexFile, b, err)
 	}
 
-	writeFile(t, p.Join(layout.IndexFile), "garbage")
-	before := snapshot(t, p.Join(layout.CorruptIndexFile))
+	testutil.WriteFile(t, p.Join(layout.IndexFile), "garbage")
+	before := testutil.Snapshot(t, p.Join(layout.CorruptIndexFile))
 	if rebuilt, _, err := p.RepairIndex(t.Context()); err == nil || rebuilt {
 		t.Errorf("RepairIndex with a folder of files at %s: got (%v, %v), want an error", layout.CorruptIndexFile, rebuilt, err)
 	}
-	assertUnchanged(t, p.Join(layout.CorruptIndexFile), before)
+	testutil.AssertUnchanged(t, p.Join(layout.CorruptIndexFile), before)
 }

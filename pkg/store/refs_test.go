@@ -19,6 +19,7 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
 )
@@ -176,7 +177,7 @@ func TestRefs_SkipsUnnamedEntries(t *testing.T) {
 func TestRefs_BadIndex(t *testing.T) {
 	s := mustOpen(t, t.TempDir())
 	ctx := context.Background()
-	writeFile(t, s.Layout().Join(layout.IndexFile), `{"schemaVersion":2,"manifests":[`)
+	testutil.WriteFile(t, s.Layout().Join(layout.IndexFile), `{"schemaVersion":2,"manifests":[`)
 	if _, err := s.Refs(ctx); !errors.Is(err, layout.ErrBadIndex) {
 		t.Errorf("Refs: got %v, want ErrBadIndex", err)
 	}

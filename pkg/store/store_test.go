@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
 )
@@ -37,25 +38,6 @@ func mustPut(t *testing.T, s *store.Store, data []byte) digest.Digest {
 		t.Fatalf("Put: %v", err)
 	}
 	return d
-}
-
-func writeFile(t *testing.T, path, content string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func exists(t *testing.T, path string) bool {
-	t.Helper()
-	_, err := os.Lstat(path)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		t.Fatal(err)
-	}
-	return err == nil
 }
 
 func setAge(t *testing.T, path string, age time.Duration) {
@@ -91,15 +73,15 @@ func TestOpen_Refused(t *testing.T) {
 		reason string
 	}{
 		{func(t *testing.T, dir string) string {
-			writeFile(t, filepath.Join(dir, "go.mod"), "module example.com/me\n")
+			testutil.WriteFile(t, filepath.Join(dir, "go.mod"), "module example.com/me\n")
 			return dir
 		}, "a project directory, not a cache"},
 		{func(t *testing.T, dir string) string {
-			writeFile(t, filepath.Join(dir, "cache"), "a file")
+			testutil.WriteFile(t, filepath.Join(dir, "cache"), "a file")
 			return filepath.Join(dir, "cache")
 		}, "a file"},
 		{func(t *testing.T, dir string) string {
-			writeFile(t, filepath.Join(dir, layout.LayoutFile), "{")
+			testutil.WriteFile(t, filepath.Join(dir, layout.LayoutFile), "{")
 			return dir
 		}, "an oci-layout that is not JSON"},
 	}
@@ -129,7 +111,7 @@ func TestOpen_CreatesAndReuses(t *testing.T) {
 		t.Errorf("Dir: got %q and %q, want %q", s.Dir(), s.Layout(), dir)
 	}
 	for _, name := range []string{layout.LayoutFile, layout.IndexFile, layout.BlobsDir, layout.IngestDir} {
-		if !exists(t, filepath.Join(dir, name)) {
+		if !testutil.Exists(t, filepath.Join(dir, name)) {
 			t.Errorf("%s missing after Open", name)
 		}
 	}
@@ -170,14 +152,14 @@ func TestOpen_SweepsStaleFiles(t *testing.T) {
 	}
 	for _, f := range files {
 		path := filepath.Join(ingest, f.name)
-		if !exists(t, path) {
-			writeFile(t, path, "x")
+		if !testutil.Exists(t, path) {
+			testutil.WriteFile(t, path, "x")
 		}
 		setAge(t, path, f.age)
 	}
 	mustOpen(t, dir)
 	for _, f := range files {
-		if got := exists(t, filepath.Join(ingest, f.name)); got != f.kept {
+		if got := testutil.Exists(t, filepath.Join(ingest, f.name)); got != f.kept {
 			t.Errorf("%s (%s): exists after Open = %v, want %v", f.name, f.reason, got, f.kept)
 		}
 	}
@@ -209,7 +191,7 @@ func TestErrors_NameDigestAndPath(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, path, "blub")
+	testutil.WriteFile(t, path, "blub")
 	_, err := s.Get(ctx, d)
 	if !errors.Is(err, store.ErrCorrupted) || !strings.Contains(err.Error(), string(d)) || !strings.Contains(err.Error(), path) {
 		t.Errorf("Get of a corrupted blob: got %q, want ErrCorrupted naming %s and %s", err, d, path)
@@ -228,7 +210,7 @@ func TestWithLogger(t *testing.T) {
 	d := mustPut(t, s, []byte("blob"))
 	path, _ := s.Layout().BlobPath(d)
 	os.Remove(path)
-	writeFile(t, path, "blub")
+	testutil.WriteFile(t, path, "blub")
 	if _, err := s.Get(context.Background(), d); !errors.Is(err, store.ErrCorrupted) {
 		t.Fatalf("Get: got %v, want ErrCorrupted", err)
 	}
@@ -239,7 +221,7 @@ func TestWithLogger(t *testing.T) {
 	// Sweeps are reported too.
 	buf.Reset()
 	stale := s.Layout().Join(layout.IngestDir, "blob-stale.tmp")
-	writeFile(t, stale, "x")
+	testutil.WriteFile(t, stale, "x")
 	setAge(t, stale, 2*time.Hour)
 	mustOpen(t, dir, store.WithLogger(logger))
 	if !strings.Contains(buf.String(), "swept") {

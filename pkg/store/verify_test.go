@@ -10,6 +10,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -28,7 +29,7 @@ func TestVerifyAll(t *testing.T) {
 	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, path, "tw0")
+	testutil.WriteFile(t, path, "tw0")
 
 	var got []string
 	var corrupted []digest.Digest
@@ -56,7 +57,7 @@ func TestVerifyAll(t *testing.T) {
 	if len(corrupted) != 1 || corrupted[0] != bad {
 		t.Errorf("corrupted: got %v, want [%s]", corrupted, bad)
 	}
-	if !exists(t, path) {
+	if !testutil.Exists(t, path) {
 		t.Errorf("VerifyAll removed the corrupted blob; it must leave it for the caller")
 	}
 }
