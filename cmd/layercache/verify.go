@@ -60,14 +60,14 @@ are dropped, and the exit status is 0.`,
 			if err != nil {
 				return err
 			}
-			err = s.VerifyAll(ctx, jobs, func(r store.Result) {
+			err = s.VerifyAll(ctx, jobs, func(b store.Info, err error) {
 				out.Blobs++
-				out.Bytes += r.Size
+				out.Bytes += b.Size
 				if bar != nil {
-					bar.IncrInt64(r.Size)
+					bar.IncrInt64(b.Size)
 				}
-				if errors.Is(r.Err, store.ErrCorrupted) {
-					out.Corrupted = append(out.Corrupted, corruptJSON{Digest: r.Digest.String(), Error: r.Err.Error()})
+				if errors.Is(err, store.ErrCorrupted) {
+					out.Corrupted = append(out.Corrupted, corruptJSON{Digest: b.Digest.String(), Error: err.Error()})
 				}
 			})
 			if prog != nil {

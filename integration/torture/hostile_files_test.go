@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocibuild/layercache/integration/torture"
 	"github.com/ocibuild/layercache/layout"
@@ -348,7 +349,7 @@ func didPull(dir string, img *image, layer digest.Digest, wantLayer, wantRef boo
 		return append(bad, fmt.Sprintf("after a successful pull: index.json: %v", err))
 	}
 	for _, m := range idx.Manifests {
-		if m.Annotations[store.RefAnnotation] == img.ref.Name() && m.Digest == img.digest {
+		if m.Annotations[ocispec.AnnotationRefName] == img.ref.Name() && m.Digest == img.digest {
 			return bad
 		}
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/remotecache"
@@ -198,7 +199,7 @@ func useHostileCache(t *testing.T, w *world, s *store.Store, dir string, c plant
 	// Refs come from the cache's own index.json, not an outside one.
 	if refs, err := s.Refs(ctx); err == nil {
 		for _, r := range refs {
-			if r.Annotations[store.RefAnnotation] == "evil" {
+			if r.Annotations[ocispec.AnnotationRefName] == "evil" {
 				bad = append(bad, "a ref of an outside index.json was served")
 			}
 		}
@@ -231,7 +232,7 @@ func useHostileCache(t *testing.T, w *world, s *store.Store, dir string, c plant
 		bad = append(bad, fmt.Sprintf("a pull after reopening failed: %v", err))
 	}
 	for _, d := range img.blobs {
-		if _, err := s2.Verify(ctx, d); err != nil {
+		if _, err := s2.Stat(ctx, d, store.VerifyFirst); err != nil {
 			bad = append(bad, fmt.Sprintf("after a pull in a reopened cache: %v", err))
 		}
 	}
@@ -358,7 +359,7 @@ func hostileIndex(t *testing.T, dir string, img *image) []string {
 	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "index.json") {
 		bad = append(bad, fmt.Sprintf("open did not report the bad index.json; log: %q", logs.String()))
 	}
-	idx, err := s.Layout().ReadIndex()
+	idx, err := layout.Path(s.Dir()).ReadIndex()
 	if err != nil {
 		return append(bad, fmt.Sprintf("index.json after open: %v", err))
 	}

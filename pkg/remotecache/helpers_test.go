@@ -791,7 +791,7 @@ func assertClean(t testing.TB, s *store.Store) {
 	ctx := context.Background()
 	var bad []string
 	err := s.Walk(ctx, func(i store.Info) error {
-		if _, err := s.Verify(ctx, i.Digest); err != nil {
+		if _, err := s.Stat(ctx, i.Digest, store.VerifyFirst); err != nil {
 			bad = append(bad, err.Error())
 		}
 		return nil
@@ -809,7 +809,7 @@ func assertClean(t testing.TB, s *store.Store) {
 
 func assertStored(t testing.TB, s *store.Store, h v1.Hash) {
 	t.Helper()
-	if _, err := s.Verify(context.Background(), toDigest(h)); err != nil {
+	if _, err := s.Stat(context.Background(), toDigest(h), store.VerifyFirst); err != nil {
 		t.Errorf("blob %s: %v, want it stored and whole", h, err)
 	}
 }

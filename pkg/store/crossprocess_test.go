@@ -265,7 +265,7 @@ func TestPut_Killed(t *testing.T) {
 	d := digest.FromBytes(data)
 	c := testutil.StartChild(t, t.Name(), childDirEnv+"="+dir)
 
-	ingest := s.Layout().Join(layout.IngestDir)
+	ingest := layout.Path(s.Dir()).Join(layout.IngestDir)
 	var temp string
 	testutil.WaitFor(t, time.Minute, "half-written temp file in ingest/", func() bool {
 		entries, _ := os.ReadDir(ingest)
@@ -284,11 +284,11 @@ func TestPut_Killed(t *testing.T) {
 		t.Fatalf("child exited cleanly; want it killed\n%s", c.Out)
 	}
 
-	path, _ := s.Layout().BlobPath(d)
+	path, _ := layout.Path(s.Dir()).BlobPath(d)
 	if testutil.Exists(t, path) {
 		t.Error("a blob is at its final name after its writer was killed mid-Put")
 	}
-	if entries, _ := os.ReadDir(s.Layout().AlgorithmDir(digest.SHA256)); len(entries) != 0 {
+	if entries, _ := os.ReadDir(layout.Path(s.Dir()).AlgorithmDir(digest.SHA256)); len(entries) != 0 {
 		t.Errorf("blobs/sha256 holds %d entries after a killed Put, want none", len(entries))
 	}
 

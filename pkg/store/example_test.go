@@ -12,6 +12,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -76,7 +77,7 @@ func ExampleStore_Open() {
 	fmt.Println("verified:", err == nil)
 
 	// Someone edits the blob on disk.
-	path, _ := s.Layout().BlobPath(d)
+	path, _ := layout.Path(s.Dir()).BlobPath(d)
 	os.Remove(path)
 	os.WriteFile(path, []byte("layer bytez\n"), 0o444)
 
@@ -138,7 +139,7 @@ func ExampleStore_Prune() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		path, _ := s.Layout().BlobPath(d)
+		path, _ := layout.Path(s.Dir()).BlobPath(d)
 		when := time.Now().Add(-time.Duration(days+1) * 24 * time.Hour)
 		os.Chtimes(path, when, when)
 	}

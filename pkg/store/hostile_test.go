@@ -52,7 +52,7 @@ func TestSymlinkedBlobDirsAfterOpen(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := hostileTree(t, outside)
-			link := s.Layout().Join(rel)
+			link := layout.Path(s.Dir()).Join(rel)
 			if err := os.RemoveAll(link); err != nil {
 				t.Fatal(err)
 			}
@@ -135,7 +135,7 @@ func TestOpen_RepairsBadIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(s.Layout().Join(layout.IndexFile), []byte(`{"schemaVersion":2,"manifests":[`), 0o644); err != nil {
+	if err := os.WriteFile(layout.Path(s.Dir()).Join(layout.IndexFile), []byte(`{"schemaVersion":2,"manifests":[`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var logs bytes.Buffer
@@ -146,7 +146,7 @@ func TestOpen_RepairsBadIndex(t *testing.T) {
 	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), layout.CorruptIndexFile) {
 		t.Errorf("Open did not warn about the bad index.json: %q", logs.String())
 	}
-	idx, err := s.Layout().ReadIndex()
+	idx, err := layout.Path(s.Dir()).ReadIndex()
 	if err != nil {
 		t.Fatalf("index.json after Open: %v", err)
 	}
@@ -195,7 +195,7 @@ func hostileDiskFullChild(t *testing.T, dir string) {
 	if _, err := s.Stat(context.Background(), digest.FromBytes(data)); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("Stat after the failed Put: got %v, want ErrNotFound", err)
 	}
-	entries, _ := os.ReadDir(s.Layout().Join(layout.IngestDir))
+	entries, _ := os.ReadDir(layout.Path(s.Dir()).Join(layout.IngestDir))
 	for _, e := range entries {
 		if strings.HasSuffix(e.Name(), ".tmp") {
 			t.Errorf("the failed Put left ingest/%s", e.Name())
@@ -214,7 +214,7 @@ func TestGet_OversizedBlobNotRead(t *testing.T) {
 			ctx := context.Background()
 			s := mustOpen(t, t.TempDir())
 			d := mustPut(t, s, []byte(`{"schemaVersion":2}`))
-			path, err := s.Layout().BlobPath(d)
+			path, err := layout.Path(s.Dir()).BlobPath(d)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -226,11 +226,11 @@ func TestGet_OversizedBlobNotRead(t *testing.T) {
 			}
 			for _, read := range []struct {
 				name string
-				fn   func(context.Context, digest.Digest) ([]byte, error)
-			}{{"Get", s.Get}, {"Inspect", s.Inspect}} {
+				opts []store.ReadOption
+			}{{"Get", nil}, {"Inspect", []store.ReadOption{store.Inspect}}} {
 				var before, after runtime.MemStats
 				runtime.ReadMemStats(&before)
-				b, err := read.fn(ctx, d)
+				b, err := s.Get(ctx, d, read.opts...)
 				runtime.ReadMemStats(&after)
 				if !errors.Is(err, store.ErrTooLarge) || b != nil {
 					t.Errorf("%s of a %d-byte blob: got (%d bytes, %v), want ErrTooLarge", read.name, size, len(b), err)

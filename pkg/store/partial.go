@@ -28,7 +28,7 @@ import (
 //
 // Close keeps the file for a later resume; Discard removes it; Commit
 // publishes it, or removes it when its bytes are not d.
-func (s *Store) OpenPartial(ctx context.Context, d digest.Digest, size int64) (_ *Writer, err error) {
+func (s *Store) OpenPartial(ctx context.Context, d digest.Digest, size int64) (w *Writer, err error) {
 	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -42,7 +42,7 @@ func (s *Store) OpenPartial(ctx context.Context, d digest.Digest, size int64) (_
 		f.Close()
 		return nil, fmt.Errorf("blob %s: %w", d, err)
 	}
-	w := &Writer{s: s, ctx: ctx, f: f, out: newPipeFile(f), h: d.Algorithm().Hash(), alg: d.Algorithm(),
+	w = &Writer{s: s, ctx: ctx, f: f, out: newPipeFile(f), h: d.Algorithm().Hash(), alg: d.Algorithm(),
 		expected: d, size: size, partial: true, resumed: fi.Size()}
 	if size >= 0 && w.resumed > size {
 		if err := w.Restart(); err != nil {

@@ -46,7 +46,7 @@ type PruneReport struct {
 // Prune is safe while other processes read and write the store: a reader
 // that has a blob open keeps reading it, and a blob used again after Prune
 // listed it (its last use moved) is kept. It checks ctx between blobs.
-func (s *Store) Prune(ctx context.Context, p Policy) (_ PruneReport, err error) {
+func (s *Store) Prune(ctx context.Context, p Policy) (rep PruneReport, err error) {
 	defer diskerr.MarkAt(&err)
 	if p.MaxSize < 0 || p.MaxAge < 0 {
 		return PruneReport{}, errors.New("prune: negative max size or max age")
@@ -75,7 +75,6 @@ func (s *Store) Prune(ctx context.Context, p Policy) (_ PruneReport, err error) 
 	for _, i := range all {
 		total += i.Size
 	}
-	var rep PruneReport
 	cutoff := time.Time{}
 	if p.MaxAge > 0 {
 		cutoff = s.now().Add(-p.MaxAge)
@@ -167,7 +166,7 @@ func (s *Store) dropDanglingRefs(ctx context.Context, dryRun bool, removed []Inf
 		}
 		for _, m := range refs {
 			if gone(m) {
-				dropped = append(dropped, m.Annotations[RefAnnotation])
+				dropped = append(dropped, m.Annotations[refAnnotation])
 			}
 		}
 		return dropped, nil
@@ -177,7 +176,7 @@ func (s *Store) dropDanglingRefs(ctx context.Context, dryRun bool, removed []Inf
 		kept := idx.Manifests[:0]
 		for _, m := range idx.Manifests {
 			if _, err := s.Stat(ctx, m.Digest); errors.Is(err, ErrNotFound) {
-				dropped = append(dropped, m.Annotations[RefAnnotation])
+				dropped = append(dropped, m.Annotations[refAnnotation])
 				continue
 			}
 			kept = append(kept, m)

@@ -210,7 +210,7 @@ func TestPrune_DropsDanglingRefs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(refs) != 1 || refs[0].Annotations[RefAnnotation] != "example.com/kept:1" {
+	if len(refs) != 1 || refs[0].Annotations[refAnnotation] != "example.com/kept:1" {
 		t.Errorf("Refs after Prune: got %v, want only example.com/kept:1", refs)
 	}
 }

@@ -10,14 +10,14 @@ import (
 	"github.com/ocibuild/layercache/layout"
 )
 
-// RefAnnotation is the annotation of index.json entries that holds the
+// refAnnotation is the annotation of index.json entries that holds the
 // reference an image was warmed under, as the OCI image layout defines it.
 // crane, skopeo (oci:DIR:REF) and ggcr's layout package read it.
-const RefAnnotation = ocispec.AnnotationRefName
+const refAnnotation = ocispec.AnnotationRefName
 
 // Refs returns the entries of index.json that carry a ref name, in file
 // order. It takes no lock.
-func (s *Store) Refs(ctx context.Context) (_ []ocispec.Descriptor, err error) {
+func (s *Store) Refs(ctx context.Context) (refs []ocispec.Descriptor, err error) {
 	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -28,7 +28,7 @@ func (s *Store) Refs(ctx context.Context) (_ []ocispec.Descriptor, err error) {
 	}
 	var out []ocispec.Descriptor
 	for _, m := range idx.Manifests {
-		if m.Annotations[RefAnnotation] != "" {
+		if m.Annotations[refAnnotation] != "" {
 			out = append(out, m)
 		}
 	}
@@ -37,14 +37,14 @@ func (s *Store) Refs(ctx context.Context) (_ []ocispec.Descriptor, err error) {
 
 // Resolve returns the descriptor recorded for the ref name, or an error
 // wrapping ErrNotFound. It does not check that the blob is still stored.
-func (s *Store) Resolve(ctx context.Context, name string) (_ ocispec.Descriptor, err error) {
+func (s *Store) Resolve(ctx context.Context, name string) (desc ocispec.Descriptor, err error) {
 	defer diskerr.MarkAt(&err)
 	refs, err := s.Refs(ctx)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	for _, m := range refs {
-		if m.Annotations[RefAnnotation] == name {
+		if m.Annotations[refAnnotation] == name {
 			return m, nil
 		}
 	}
@@ -70,12 +70,12 @@ func (s *Store) Tag(ctx context.Context, name string, desc ocispec.Descriptor) (
 	for k, v := range desc.Annotations {
 		ann[k] = v
 	}
-	ann[RefAnnotation] = name
+	ann[refAnnotation] = name
 	desc.Annotations = ann
 	return s.path.UpdateIndex(ctx, func(idx *ocispec.Index) error {
 		kept := idx.Manifests[:0]
 		for _, m := range idx.Manifests {
-			if m.Annotations[RefAnnotation] != name {
+			if m.Annotations[refAnnotation] != name {
 				kept = append(kept, m)
 			}
 		}
@@ -95,7 +95,7 @@ func (s *Store) Untag(ctx context.Context, names ...string) (err error) {
 	return s.path.UpdateIndex(ctx, func(idx *ocispec.Index) error {
 		kept := idx.Manifests[:0]
 		for _, m := range idx.Manifests {
-			if !drop[m.Annotations[RefAnnotation]] {
+			if !drop[m.Annotations[refAnnotation]] {
 				kept = append(kept, m)
 			}
 		}

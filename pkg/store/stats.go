@@ -21,7 +21,7 @@ type Stats struct {
 // Stats returns the counters recorded so far. A cache with none gives
 // zero counters. An unreadable stats file gives zero counters too: they
 // are advice, not data.
-func (s *Store) Stats(ctx context.Context) (_ Stats, err error) {
+func (s *Store) Stats(ctx context.Context) (st Stats, err error) {
 	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return Stats{}, err
@@ -30,7 +30,6 @@ func (s *Store) Stats(ctx context.Context) (_ Stats, err error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	var st Stats
 	if len(b) > 0 && json.Unmarshal(b, &st) != nil {
 		st = Stats{}
 	}

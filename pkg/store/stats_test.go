@@ -57,7 +57,7 @@ func TestStats(t *testing.T) {
 func TestStats_Garbage(t *testing.T) {
 	s := mustOpen(t, t.TempDir())
 	ctx := context.Background()
-	testutil.WriteFile(t, s.Layout().Join(layout.StatsFile), "{not json")
+	testutil.WriteFile(t, layout.Path(s.Dir()).Join(layout.StatsFile), "{not json")
 	if st, err := s.Stats(ctx); err != nil || st != (store.Stats{}) {
 		t.Errorf("Stats of a garbage file: got (%+v, %v), want zero counters, no error (they are advice)", st, err)
 	}

@@ -81,7 +81,7 @@ type Info struct {
 // Open sweeps ingest/ of temp files older than an hour that crashed writers
 // left behind, and rebuilds an index.json that is not a valid OCI image
 // index from the blobs, with a warning (see layout.Path.RepairIndex).
-func Open(dir string, opts ...Option) (_ *Store, err error) {
+func Open(dir string, opts ...Option) (s *Store, err error) {
 	defer diskerr.MarkAt(&err)
 	o, err := makeOptions(opts)
 	if err != nil {
@@ -91,7 +91,7 @@ func Open(dir string, opts ...Option) (_ *Store, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{path: p, durable: o.durable, log: o.logger, now: o.now}
+	s = &Store{path: p, durable: o.durable, log: o.logger, now: o.now}
 	if _, err := p.ReadIndex(); errors.Is(err, layout.ErrBadIndex) {
 		// Reported here, where there is a logger; layout keeps the bad
 		// file as index.json.corrupt and lists what the blobs hold.
@@ -115,14 +115,17 @@ func Open(dir string, opts ...Option) (_ *Store, err error) {
 // Dir returns the absolute directory of the store.
 func (s *Store) Dir() string { return string(s.path) }
 
-// Layout returns the layout the store lives in.
-func (s *Store) Layout() layout.Path { return s.path }
-
-// Stat returns the size and last use of a stored blob without reading it.
-// A missing blob gives ErrNotFound; an entry that is not a regular file
-// (a directory or a symlink planted at the blob's name) gives ErrCorrupted.
-func (s *Store) Stat(ctx context.Context, d digest.Digest) (_ Info, err error) {
+// Stat returns the size and last use of a stored blob without reading it,
+// or, with VerifyFirst, after hashing it: then a blob whose bytes do not
+// match gives ErrCorrupted. Stat never changes the store: it neither
+// refreshes the last use nor removes a corrupted blob. A missing blob gives
+// ErrNotFound; an entry that is not a regular file (a directory or a
+// symlink planted at the blob's name) gives ErrCorrupted.
+func (s *Store) Stat(ctx context.Context, d digest.Digest, opts ...ReadOption) (info Info, err error) {
 	defer diskerr.MarkAt(&err)
+	if makeReadOptions(opts).verifyFirst {
+		return s.verify(ctx, d)
+	}
 	if err := ctx.Err(); err != nil {
 		return Info{}, err
 	}

@@ -107,8 +107,8 @@ func TestOpen_Refused(t *testing.T) {
 func TestOpen_CreatesAndReuses(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "_build", "ocibuild_cache")
 	s := mustOpen(t, dir)
-	if s.Dir() != dir || s.Layout().String() != dir {
-		t.Errorf("Dir: got %q and %q, want %q", s.Dir(), s.Layout(), dir)
+	if s.Dir() != dir || layout.Path(s.Dir()).String() != dir {
+		t.Errorf("Dir: got %q and %q, want %q", s.Dir(), layout.Path(s.Dir()), dir)
 	}
 	for _, name := range []string{layout.LayoutFile, layout.IndexFile, layout.BlobsDir, layout.IngestDir} {
 		if !testutil.Exists(t, filepath.Join(dir, name)) {
@@ -128,14 +128,14 @@ func TestOpen_CreatesAndReuses(t *testing.T) {
 func TestOpen_SweepsStaleFiles(t *testing.T) {
 	dir := t.TempDir()
 	s := mustOpen(t, dir)
-	ingest := s.Layout().Join(layout.IngestDir)
+	ingest := layout.Path(s.Dir()).Join(layout.IngestDir)
 	unheld := digest.FromString("unheld")
-	l, err := s.Layout().LockBlob(context.Background(), unheld)
+	l, err := layout.Path(s.Dir()).LockBlob(context.Background(), unheld)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.Unlock()
-	if err := s.Layout().UpdateIndex(context.Background(), func(*ocispec.Index) error { return nil }); err != nil {
+	if err := layout.Path(s.Dir()).UpdateIndex(context.Background(), func(*ocispec.Index) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	files := []struct {
@@ -187,7 +187,7 @@ func TestErrors_NameDigestAndPath(t *testing.T) {
 	s := mustOpen(t, t.TempDir())
 	ctx := context.Background()
 	d := mustPut(t, s, []byte("blob"))
-	path, _ := s.Layout().BlobPath(d)
+	path, _ := layout.Path(s.Dir()).BlobPath(d)
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestWithLogger(t *testing.T) {
 	dir := t.TempDir()
 	s := mustOpen(t, dir, store.WithLogger(logger))
 	d := mustPut(t, s, []byte("blob"))
-	path, _ := s.Layout().BlobPath(d)
+	path, _ := layout.Path(s.Dir()).BlobPath(d)
 	os.Remove(path)
 	testutil.WriteFile(t, path, "blub")
 	if _, err := s.Get(context.Background(), d); !errors.Is(err, store.ErrCorrupted) {
@@ -220,7 +220,7 @@ func TestWithLogger(t *testing.T) {
 
 	// Sweeps are reported too.
 	buf.Reset()
-	stale := s.Layout().Join(layout.IngestDir, "blob-stale.tmp")
+	stale := layout.Path(s.Dir()).Join(layout.IngestDir, "blob-stale.tmp")
 	testutil.WriteFile(t, stale, "x")
 	setAge(t, stale, 2*time.Hour)
 	mustOpen(t, dir, store.WithLogger(logger))

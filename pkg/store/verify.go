@@ -11,28 +11,23 @@ import (
 	"github.com/ocibuild/layercache/internal/diskerr"
 )
 
-// Result is the outcome of hashing one blob in VerifyAll.
-type Result struct {
-	// Info is the blob as Walk found it, before it was hashed.
-	Info
-	// Err is nil if the blob's bytes matched its digest. Otherwise it
-	// wraps ErrCorrupted (the bytes, the size or the kind of file are
-	// wrong) or ErrNotFound (the blob was removed while VerifyAll ran,
-	// which leaves nothing wrong in the store).
-	Err error
-}
-
 // VerifyAll hashes every stored blob, jobs blobs at a time, and calls fn
-// with each blob's Result as its hash completes, one call at a time (fn
-// needs no lock of its own). Like Verify, it neither removes a corrupted
-// blob nor refreshes a last use: what to do with a bad blob is the
-// caller's call (Delete it, say, then Prune with a zero Policy to drop
-// the refs it named).
+// with each blob as Walk found it and the outcome of its hash, as the hash
+// completes and one call at a time (fn needs no lock of its own). The
+// error is nil if the blob's bytes matched its digest; otherwise it wraps
+// ErrCorrupted (the bytes, the size or the kind of file are wrong) or
+// ErrNotFound (the blob was removed while VerifyAll ran, which leaves
+// nothing wrong in the store).
+//
+// Like Stat with VerifyFirst, VerifyAll neither removes a corrupted blob
+// nor refreshes a last use: what to do with a bad blob is the caller's
+// call (Delete it, say, then Prune with a zero Policy to drop the refs it
+// named).
 //
 // Any error but ErrCorrupted and ErrNotFound (a failed read, ctx done)
 // stops VerifyAll, which returns it once the hashes in flight have ended.
 // A jobs below 1 is an error.
-func (s *Store) VerifyAll(ctx context.Context, jobs int, fn func(Result)) (err error) {
+func (s *Store) VerifyAll(ctx context.Context, jobs int, fn func(Info, error)) (err error) {
 	defer diskerr.MarkAt(&err)
 	if jobs < 1 {
 		return fmt.Errorf("verifying blobs: jobs must be at least 1, got %d", jobs)
@@ -52,13 +47,13 @@ func (s *Store) VerifyAll(ctx context.Context, jobs int, fn func(Result)) (err e
 	eg.SetLimit(jobs)
 	for _, b := range blobs {
 		eg.Go(func() error {
-			_, err := s.Verify(ectx, b.Digest)
+			_, err := s.verify(ectx, b.Digest)
 			if err != nil && !errors.Is(err, ErrCorrupted) && !errors.Is(err, ErrNotFound) {
 				return err
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			fn(Result{Info: b, Err: err})
+			fn(b, err)
 			return nil
 		})
 	}

@@ -33,13 +33,13 @@ func TestVerifyAll(t *testing.T) {
 
 	var got []string
 	var corrupted []digest.Digest
-	if err := s.VerifyAll(ctx, 2, func(r store.Result) {
-		got = append(got, r.Digest.String())
-		if r.Err != nil {
-			if !errors.Is(r.Err, store.ErrCorrupted) {
-				t.Errorf("result of %s: got %v, want nil or ErrCorrupted", r.Digest, r.Err)
+	if err := s.VerifyAll(ctx, 2, func(i store.Info, err error) {
+		got = append(got, i.Digest.String())
+		if err != nil {
+			if !errors.Is(err, store.ErrCorrupted) {
+				t.Errorf("result of %s: got %v, want nil or ErrCorrupted", i.Digest, err)
 			}
-			corrupted = append(corrupted, r.Digest)
+			corrupted = append(corrupted, i.Digest)
 		}
 	}); err != nil {
 		t.Fatalf("VerifyAll: %v", err)
@@ -64,7 +64,7 @@ func TestVerifyAll(t *testing.T) {
 
 func TestVerifyAll_Jobs(t *testing.T) {
 	s := mustOpen(t, t.TempDir())
-	if err := s.VerifyAll(context.Background(), 0, func(store.Result) {}); err == nil {
+	if err := s.VerifyAll(context.Background(), 0, func(store.Info, error) {}); err == nil {
 		t.Errorf("VerifyAll with 0 jobs: got nil, want an error")
 	}
 }

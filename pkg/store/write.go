@@ -19,7 +19,7 @@ import (
 // Put stores the data read from r and returns its sha256 digest, computed
 // from the data and never taken from the caller. It streams: memory does not
 // grow with the blob. Storing bytes that are already stored succeeds.
-func (s *Store) Put(ctx context.Context, r io.Reader) (_ digest.Digest, err error) {
+func (s *Store) Put(ctx context.Context, r io.Reader) (d digest.Digest, err error) {
 	defer diskerr.MarkAt(&err)
 	w, err := s.NewWriter(ctx, "", -1)
 	if err != nil {
@@ -109,7 +109,7 @@ type Writer struct {
 // NewWriter starts writing a blob. expected is the digest the data must
 // have, or "" to compute a sha256 digest from the data; size is the
 // expected length, or -1 if unknown. The caller must call Commit or Close.
-func (s *Store) NewWriter(ctx context.Context, expected digest.Digest, size int64) (_ *Writer, err error) {
+func (s *Store) NewWriter(ctx context.Context, expected digest.Digest, size int64) (w *Writer, err error) {
 	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -138,7 +138,7 @@ func (s *Store) NewWriter(ctx context.Context, expected digest.Digest, size int6
 // what it is given and returns that error every time: Commit will fail,
 // but Digest still tells a caller that streams the same bytes elsewhere
 // whether they were right, with no second hash.
-func (w *Writer) Write(p []byte) (_ int, err error) {
+func (w *Writer) Write(p []byte) (n int, err error) {
 	defer diskerr.MarkAt(&err)
 	if w.done {
 		return 0, errors.New("write to a committed or closed blob writer")
@@ -179,7 +179,7 @@ func (w *Writer) Write(p []byte) (_ int, err error) {
 // more than the expected size, or an earlier failure to write the temp
 // file. The bytes counted in its result were hashed, as Write's are; after
 // a write error, go on with Write, which keeps hashing.
-func (w *Writer) ReadFrom(r io.Reader) (_ int64, err error) {
+func (w *Writer) ReadFrom(r io.Reader) (n int64, err error) {
 	defer diskerr.MarkAt(&err)
 	if w.done {
 		return 0, errors.New("write to a committed or closed blob writer")
@@ -247,7 +247,7 @@ func (w *Writer) Digest() digest.Digest { return digest.NewDigest(w.alg, w.h) }
 // had the expected size, and returns its digest. It always closes the
 // writer, even on error; on error nothing is published and the temp file
 // is removed.
-func (w *Writer) Commit() (_ digest.Digest, err error) {
+func (w *Writer) Commit() (d digest.Digest, err error) {
 	defer diskerr.MarkAt(&err)
 	if w.done {
 		return "", errors.New("commit of a committed or closed blob writer")

@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocibuild/layercache/internal/testutil"
+	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -80,7 +81,7 @@ var corruptions = []corruption{
 		return []string{target}
 	}},
 	{"replaced by a relative symlink to a copy inside the cache", false, func(t *testing.T, s *store.Store, path string, good []byte) []string {
-		target := s.Layout().Join("copy")
+		target := layout.Path(s.Dir()).Join("copy")
 		testutil.WriteFile(t, target, string(good))
 		symlink(t, filepath.Join("..", "..", "copy"), path)
 		return []string{target}
@@ -183,7 +184,7 @@ func testCorruption(t *testing.T, open func(t *testing.T) *store.Store) {
 					if err := s.PutVerified(t.Context(), d, int64(len(good)), bytes.NewReader(good)); err != nil {
 						t.Fatalf("PutVerified after the removal: %v", err)
 					}
-					if _, err := s.Verify(t.Context(), d); err != nil {
+					if _, err := s.Stat(t.Context(), d, store.VerifyFirst); err != nil {
 						t.Errorf("Verify after the blob was stored again: %v", err)
 					}
 				})
@@ -195,7 +196,7 @@ func testCorruption(t *testing.T, open func(t *testing.T) *store.Store) {
 				c.apply(t, s, path, good)
 				before := testutil.Snapshot(t, s.Dir())
 				var err error
-				within(t, 10*time.Second, func() { _, err = s.Verify(t.Context(), d) })
+				within(t, 10*time.Second, func() { _, err = s.Stat(t.Context(), d, store.VerifyFirst) })
 				if !errors.Is(err, store.ErrCorrupted) {
 					t.Errorf("Verify: got %v, want ErrCorrupted", err)
 				}

@@ -11,6 +11,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocibuild/layercache/internal/testutil"
+	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -51,7 +52,7 @@ type digestCall struct {
 func digestCalls(s *store.Store) []digestCall {
 	return []digestCall{
 		{"layout.BlobPath", func(_ context.Context, d digest.Digest) error {
-			_, err := s.Layout().BlobPath(d)
+			_, err := layout.Path(s.Dir()).BlobPath(d)
 			return err
 		}},
 		{"Open", func(ctx context.Context, d digest.Digest) error {
@@ -71,7 +72,10 @@ func digestCalls(s *store.Store) []digestCall {
 		{"Get", func(ctx context.Context, d digest.Digest) error { _, err := s.Get(ctx, d); return err }},
 		{"Stat", func(ctx context.Context, d digest.Digest) error { _, err := s.Stat(ctx, d); return err }},
 		{"Delete", func(ctx context.Context, d digest.Digest) error { return s.Delete(ctx, d) }},
-		{"Verify", func(ctx context.Context, d digest.Digest) error { _, err := s.Verify(ctx, d); return err }},
+		{"Verify", func(ctx context.Context, d digest.Digest) error {
+			_, err := s.Stat(ctx, d, store.VerifyFirst)
+			return err
+		}},
 		{"PutVerified", func(ctx context.Context, d digest.Digest) error {
 			return s.PutVerified(ctx, d, 7, strings.NewReader("present"))
 		}},

@@ -29,7 +29,7 @@ func mustPut(t *testing.T, s *store.Store, data []byte) digest.Digest {
 
 func blobPath(t *testing.T, s *store.Store, d digest.Digest) string {
 	t.Helper()
-	p, err := s.Layout().BlobPath(d)
+	p, err := layout.Path(s.Dir()).BlobPath(d)
 	if err != nil {
 		t.Fatalf("BlobPath(%s): %v", d, err)
 	}
@@ -79,7 +79,7 @@ func assertBlob(t *testing.T, s *store.Store, d digest.Digest, want []byte) {
 // failed or was abandoned must remove its own. Lock files may stay.
 func assertIngestClean(t *testing.T, s *store.Store) {
 	t.Helper()
-	entries, err := os.ReadDir(s.Layout().Join(layout.IngestDir))
+	entries, err := os.ReadDir(layout.Path(s.Dir()).Join(layout.IngestDir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,5 +163,5 @@ func mtime(t *testing.T, path string) time.Time {
 // snapshotBlobs records the tree below blobs/.
 func snapshotBlobs(t *testing.T, s *store.Store) testutil.Tree {
 	t.Helper()
-	return testutil.Snapshot(t, s.Layout().Join(layout.BlobsDir))
+	return testutil.Snapshot(t, layout.Path(s.Dir()).Join(layout.BlobsDir))
 }

@@ -155,7 +155,7 @@ func testVerify(t *testing.T, open func(t *testing.T) *store.Store) {
 	ctx := t.Context()
 	data := Blob(60, largeSize)
 	d := mustPut(t, s, data)
-	info, err := s.Verify(ctx, d)
+	info, err := s.Stat(ctx, d, store.VerifyFirst)
 	if err != nil {
 		t.Fatalf("Verify of a good blob: %v", err)
 	}
@@ -166,7 +166,7 @@ func testVerify(t *testing.T, open func(t *testing.T) *store.Store) {
 	bad := bytes.Clone(data)
 	bad[0] ^= 1
 	replaceFile(t, blobPath(t, s, d), bad)
-	if _, err := s.Verify(ctx, d); !errors.Is(err, store.ErrCorrupted) {
+	if _, err := s.Stat(ctx, d, store.VerifyFirst); !errors.Is(err, store.ErrCorrupted) {
 		t.Errorf("Verify of a corrupted blob: got %v, want ErrCorrupted", err)
 	}
 	if b, err := os.ReadFile(blobPath(t, s, d)); err != nil || !bytes.Equal(b, bad) {
@@ -201,7 +201,7 @@ func testLastUsed(t *testing.T, open func(t *testing.T) *store.Store) {
 			}
 			return err
 		}, true},
-		{"Verify", func(s *store.Store, d digest.Digest) error { _, err := s.Verify(ctx, d); return err }, false},
+		{"Verify", func(s *store.Store, d digest.Digest) error { _, err := s.Stat(ctx, d, store.VerifyFirst); return err }, false},
 		{"Stat", func(s *store.Store, d digest.Digest) error { _, err := s.Stat(ctx, d); return err }, false},
 	}
 	s := open(t)

@@ -177,11 +177,11 @@ func testWalk(t *testing.T, open func(t *testing.T) *store.Store) {
 	want[d512] = int64(len(data512))
 
 	// Files that are not blobs are not the store's: Walk skips them.
-	sha256Dir := s.Layout().AlgorithmDir(digest.SHA256)
+	sha256Dir := layout.Path(s.Dir()).AlgorithmDir(digest.SHA256)
 	testutil.WriteFile(t, filepath.Join(sha256Dir, "README"), "not a blob")
 	testutil.WriteFile(t, filepath.Join(sha256Dir, strings.ToUpper(digest.FromString("x").Encoded())), "uppercase name")
 	testutil.WriteFile(t, filepath.Join(sha256Dir, digest.FromString("y").Encoded()+".tmp"), "temp-like name")
-	testutil.WriteFile(t, s.Layout().Join(layout.BlobsDir, "md5", "d41d8cd98f00b204e9800998ecf8427e"), "unsupported algorithm")
+	testutil.WriteFile(t, layout.Path(s.Dir()).Join(layout.BlobsDir, "md5", "d41d8cd98f00b204e9800998ecf8427e"), "unsupported algorithm")
 	// An entry at a blob's name that is not a regular file is visited
 	// with size 0, so that Verify can report it.
 	planted := digest.FromString("planted directory")
@@ -261,15 +261,15 @@ func testClear(t *testing.T, open func(t *testing.T) *store.Store) {
 	testutil.WriteFile(t, filepath.Join(blobPath(t, s, planted), "inner"), "x")
 
 	foreign := []string{
-		s.Layout().Join("NOTES.md"),
-		filepath.Join(s.Layout().AlgorithmDir(digest.SHA256), "README"),
-		s.Layout().Join(layout.BlobsDir, "md5", "d41d8cd98f00b204e9800998ecf8427e"),
+		layout.Path(s.Dir()).Join("NOTES.md"),
+		filepath.Join(layout.Path(s.Dir()).AlgorithmDir(digest.SHA256), "README"),
+		layout.Path(s.Dir()).Join(layout.BlobsDir, "md5", "d41d8cd98f00b204e9800998ecf8427e"),
 	}
 	for _, f := range foreign {
 		testutil.WriteFile(t, f, "not the store's")
 	}
-	youngTemp := s.Layout().Join(layout.IngestDir, "blob-young.tmp")
-	oldTemp := s.Layout().Join(layout.IngestDir, "blob-old.tmp")
+	youngTemp := layout.Path(s.Dir()).Join(layout.IngestDir, "blob-young.tmp")
+	oldTemp := layout.Path(s.Dir()).Join(layout.IngestDir, "blob-old.tmp")
 	testutil.WriteFile(t, youngTemp, "a live writer's")
 	testutil.WriteFile(t, oldTemp, "a crashed writer's")
 	setAge(t, oldTemp, 2*time.Hour)
