@@ -28,7 +28,7 @@ import (
 
 	"github.com/ocibuild/layercache/integration/regtest"
 	"github.com/ocibuild/layercache/integration/torture"
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
 )
@@ -195,7 +195,7 @@ func inspect(t testing.TB, dir string, lockable ...digest.Digest) (cacheState, [
 	st := cacheState{blobs: map[digest.Digest]int64{}, refs: map[string]digest.Digest{}}
 	// Before Open, which would repair it: a kill must never leave an
 	// index.json that does not parse.
-	if _, err := layout.Path(dir).ReadIndex(); err != nil {
+	if _, err := layoutfs.Path(dir).ReadIndex(); err != nil {
 		badf("index.json does not parse after the kill: %v", err)
 	}
 	s, err := store.Open(dir)
@@ -219,7 +219,7 @@ func inspect(t testing.TB, dir string, lockable ...digest.Digest) (cacheState, [
 	if err != nil {
 		badf("walk: %v", err)
 	}
-	idx, err := layout.Path(s.Dir()).ReadIndex()
+	idx, err := layoutfs.Path(s.Dir()).ReadIndex()
 	if err != nil {
 		badf("index.json: %v", err)
 	}
@@ -238,7 +238,7 @@ func inspect(t testing.TB, dir string, lockable ...digest.Digest) (cacheState, [
 	}
 	lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer lcancel()
-	if l, err := layout.Path(s.Dir()).LockIndex(lctx); err != nil {
+	if l, err := layoutfs.Path(s.Dir()).LockIndex(lctx); err != nil {
 		badf("the index lock is not free: %v", err)
 	} else {
 		l.Unlock()

@@ -20,8 +20,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocibuild/layercache/internal/layoutfs"
 	"github.com/ocibuild/layercache/internal/testutil"
-	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
 	"github.com/ocibuild/layercache/pkg/store/storetest"
 )
@@ -92,7 +92,7 @@ func TestCrossProcess(t *testing.T) {
 			exited.Add(1)
 		}()
 	}
-	sha256Dir := filepath.Join(dir, layout.BlobsDir, "sha256")
+	sha256Dir := filepath.Join(dir, layoutfs.BlobsDir, "sha256")
 	checked, rounds := 0, 0
 	seen := false
 	for exited.Load() < children {
@@ -265,7 +265,7 @@ func TestPut_Killed(t *testing.T) {
 	d := digest.FromBytes(data)
 	c := testutil.StartChild(t, t.Name(), childDirEnv+"="+dir)
 
-	ingest := layout.Path(s.Dir()).Join(layout.IngestDir)
+	ingest := layoutfs.Path(s.Dir()).Join(layoutfs.IngestDir)
 	var temp string
 	testutil.WaitFor(t, time.Minute, "half-written temp file in ingest/", func() bool {
 		entries, _ := os.ReadDir(ingest)
@@ -284,11 +284,11 @@ func TestPut_Killed(t *testing.T) {
 		t.Fatalf("child exited cleanly; want it killed\n%s", c.Out)
 	}
 
-	path, _ := layout.Path(s.Dir()).BlobPath(d)
+	path, _ := layoutfs.Path(s.Dir()).BlobPath(d)
 	if testutil.Exists(t, path) {
 		t.Error("a blob is at its final name after its writer was killed mid-Put")
 	}
-	if entries, _ := os.ReadDir(layout.Path(s.Dir()).AlgorithmDir(digest.SHA256)); len(entries) != 0 {
+	if entries, _ := os.ReadDir(layoutfs.Path(s.Dir()).AlgorithmDir(digest.SHA256)); len(entries) != 0 {
 		t.Errorf("blobs/sha256 holds %d entries after a killed Put, want none", len(entries))
 	}
 

@@ -15,8 +15,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/internal/layoutfs"
 	"github.com/ocibuild/layercache/internal/testutil"
-	"github.com/ocibuild/layercache/layout"
 )
 
 // pruneFixture is a store holding four blobs of 100 bytes, last used 4 h,
@@ -157,7 +157,7 @@ func TestPrune_DryRun(t *testing.T) {
 	if err := f.s.Tag(context.Background(), "example.com/old:1", ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: f.blobs[0], Size: 100}); err != nil {
 		t.Fatal(err)
 	}
-	oldTemp := f.s.path.Join(layout.IngestDir, "blob-old.tmp")
+	oldTemp := f.s.path.Join(layoutfs.IngestDir, "blob-old.tmp")
 	if err := os.WriteFile(oldTemp, []byte("litter"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -221,8 +221,8 @@ func TestPrune_ZeroPolicyDropsDanglingRefsAndSweeps(t *testing.T) {
 	if err := s.Tag(ctx, "gone", ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("gone"), Size: 4}); err != nil {
 		t.Fatal(err)
 	}
-	old := s.path.Join(layout.IngestDir, "blob-old.tmp")
-	young := s.path.Join(layout.IngestDir, "blob-young.tmp")
+	old := s.path.Join(layoutfs.IngestDir, "blob-old.tmp")
+	young := s.path.Join(layoutfs.IngestDir, "blob-young.tmp")
 	for _, p := range []string{old, young} {
 		if err := os.WriteFile(p, []byte("litter"), 0o600); err != nil {
 			t.Fatal(err)

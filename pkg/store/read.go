@@ -14,7 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocibuild/layercache/internal/diskerr"
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 )
 
 // bufSize is the read size of the store's copy loops. 256 KiB reads keep
@@ -121,7 +121,7 @@ func (s *Store) open(ctx context.Context, d digest.Digest, o readOptions) (io.Re
 // (package remotecache) reads none over 8 MiB from a registry. Without a
 // bound, a file planted at a manifest's digest (an 8 GiB sparse file costs
 // nothing to make) would make Get allocate its size and crash the process.
-const MaxBlobInMemory = layout.MaxManifestSize
+const MaxBlobInMemory = layoutfs.MaxManifestSize
 
 // Get returns the whole blob d, verified before it returns anything. It is
 // meant for manifests and configs: it holds the blob in memory, so avoid it

@@ -7,7 +7,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocibuild/layercache/internal/diskerr"
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 )
 
 // refAnnotation is the annotation of index.json entries that holds the
@@ -63,7 +63,7 @@ func (s *Store) Tag(ctx context.Context, name string, desc ocispec.Descriptor) (
 	}
 	// ReadIndex refuses an index holding an invalid digest (ErrBadIndex),
 	// and the next UpdateIndex would replace it, losing every other ref.
-	if err := layout.Validate(desc.Digest); err != nil {
+	if err := layoutfs.Validate(desc.Digest); err != nil {
 		return fmt.Errorf("tag %s: %w", name, err)
 	}
 	ann := map[string]string{}

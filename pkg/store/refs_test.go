@@ -19,8 +19,8 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/internal/layoutfs"
 	"github.com/ocibuild/layercache/internal/testutil"
-	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -123,7 +123,7 @@ func TestTag_Refused(t *testing.T) {
 			if err := s.Tag(ctx, "example.com/kept:1", manifestDesc("kept")); err != nil {
 				t.Fatal(err)
 			}
-			before, err := os.ReadFile(layout.Path(s.Dir()).Join(layout.IndexFile))
+			before, err := os.ReadFile(layoutfs.Path(s.Dir()).Join(layoutfs.IndexFile))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -131,7 +131,7 @@ func TestTag_Refused(t *testing.T) {
 			if err == nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
 				t.Errorf("Tag: got %v, want %v", err, tc.wantErr)
 			}
-			after, err := os.ReadFile(layout.Path(s.Dir()).Join(layout.IndexFile))
+			after, err := os.ReadFile(layoutfs.Path(s.Dir()).Join(layoutfs.IndexFile))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -148,7 +148,7 @@ func TestTag_Refused(t *testing.T) {
 func TestRefs_SkipsUnnamedEntries(t *testing.T) {
 	s := mustOpen(t, t.TempDir())
 	ctx := context.Background()
-	err := layout.Path(s.Dir()).UpdateIndex(ctx, func(idx *ocispec.Index) error {
+	err := layoutfs.Path(s.Dir()).UpdateIndex(ctx, func(idx *ocispec.Index) error {
 		idx.Manifests = append(idx.Manifests, manifestDesc("unnamed, written by another tool"))
 		return nil
 	})
@@ -165,7 +165,7 @@ func TestRefs_SkipsUnnamedEntries(t *testing.T) {
 	if err := s.Untag(ctx, "named"); err != nil {
 		t.Fatal(err)
 	}
-	idx, err := layout.Path(s.Dir()).ReadIndex()
+	idx, err := layoutfs.Path(s.Dir()).ReadIndex()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,11 +177,11 @@ func TestRefs_SkipsUnnamedEntries(t *testing.T) {
 func TestRefs_BadIndex(t *testing.T) {
 	s := mustOpen(t, t.TempDir())
 	ctx := context.Background()
-	testutil.WriteFile(t, layout.Path(s.Dir()).Join(layout.IndexFile), `{"schemaVersion":2,"manifests":[`)
-	if _, err := s.Refs(ctx); !errors.Is(err, layout.ErrBadIndex) {
+	testutil.WriteFile(t, layoutfs.Path(s.Dir()).Join(layoutfs.IndexFile), `{"schemaVersion":2,"manifests":[`)
+	if _, err := s.Refs(ctx); !errors.Is(err, layoutfs.ErrBadIndex) {
 		t.Errorf("Refs: got %v, want ErrBadIndex", err)
 	}
-	if _, err := s.Resolve(ctx, "x"); !errors.Is(err, layout.ErrBadIndex) {
+	if _, err := s.Resolve(ctx, "x"); !errors.Is(err, layoutfs.ErrBadIndex) {
 		t.Errorf("Resolve: got %v, want ErrBadIndex", err)
 	}
 	// A Tag replaces the unreadable index.

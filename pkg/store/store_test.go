@@ -17,8 +17,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/internal/layoutfs"
 	"github.com/ocibuild/layercache/internal/testutil"
-	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -81,7 +81,7 @@ func TestOpen_Refused(t *testing.T) {
 			return filepath.Join(dir, "cache")
 		}, "a file"},
 		{func(t *testing.T, dir string) string {
-			testutil.WriteFile(t, filepath.Join(dir, layout.LayoutFile), "{")
+			testutil.WriteFile(t, filepath.Join(dir, layoutfs.LayoutFile), "{")
 			return dir
 		}, "an oci-layout that is not JSON"},
 	}
@@ -107,10 +107,10 @@ func TestOpen_Refused(t *testing.T) {
 func TestOpen_CreatesAndReuses(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "_build", "ocibuild_cache")
 	s := mustOpen(t, dir)
-	if s.Dir() != dir || layout.Path(s.Dir()).String() != dir {
-		t.Errorf("Dir: got %q and %q, want %q", s.Dir(), layout.Path(s.Dir()), dir)
+	if s.Dir() != dir || layoutfs.Path(s.Dir()).String() != dir {
+		t.Errorf("Dir: got %q and %q, want %q", s.Dir(), layoutfs.Path(s.Dir()), dir)
 	}
-	for _, name := range []string{layout.LayoutFile, layout.IndexFile, layout.BlobsDir, layout.IngestDir} {
+	for _, name := range []string{layoutfs.LayoutFile, layoutfs.IndexFile, layoutfs.BlobsDir, layoutfs.IngestDir} {
 		if !testutil.Exists(t, filepath.Join(dir, name)) {
 			t.Errorf("%s missing after Open", name)
 		}
@@ -128,14 +128,14 @@ func TestOpen_CreatesAndReuses(t *testing.T) {
 func TestOpen_SweepsStaleFiles(t *testing.T) {
 	dir := t.TempDir()
 	s := mustOpen(t, dir)
-	ingest := layout.Path(s.Dir()).Join(layout.IngestDir)
+	ingest := layoutfs.Path(s.Dir()).Join(layoutfs.IngestDir)
 	unheld := digest.FromString("unheld")
-	l, err := layout.Path(s.Dir()).LockBlob(context.Background(), unheld)
+	l, err := layoutfs.Path(s.Dir()).LockBlob(context.Background(), unheld)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.Unlock()
-	if err := layout.Path(s.Dir()).UpdateIndex(context.Background(), func(*ocispec.Index) error { return nil }); err != nil {
+	if err := layoutfs.Path(s.Dir()).UpdateIndex(context.Background(), func(*ocispec.Index) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	files := []struct {
@@ -148,7 +148,7 @@ func TestOpen_SweepsStaleFiles(t *testing.T) {
 		{"blob-hour.tmp", time.Hour + time.Minute, false, "just over an hour old"},
 		{"blob-young.tmp", 10 * time.Minute, true, "temp file of a live writer"},
 		{"sha256-" + unheld.Encoded() + ".lock", 2 * time.Hour, false, "old lock file nobody holds"},
-		{layout.IndexFile + ".lock", 2 * time.Hour, true, "the index lock is never removed"},
+		{layoutfs.IndexFile + ".lock", 2 * time.Hour, true, "the index lock is never removed"},
 	}
 	for _, f := range files {
 		path := filepath.Join(ingest, f.name)
@@ -167,11 +167,11 @@ func TestOpen_SweepsStaleFiles(t *testing.T) {
 
 func TestErrors_AreLayoutValues(t *testing.T) {
 	// errors.Is works across the layers because they are the same values.
-	if store.ErrInvalidDigest != layout.ErrInvalidDigest {
-		t.Error("store.ErrInvalidDigest is not layout.ErrInvalidDigest")
+	if store.ErrInvalidDigest != layoutfs.ErrInvalidDigest {
+		t.Error("store.ErrInvalidDigest is not layoutfs.ErrInvalidDigest")
 	}
-	if store.ErrNotLayout != layout.ErrNotLayout {
-		t.Error("store.ErrNotLayout is not layout.ErrNotLayout")
+	if store.ErrNotLayout != layoutfs.ErrNotLayout {
+		t.Error("store.ErrNotLayout is not layoutfs.ErrNotLayout")
 	}
 	sentinels := []error{store.ErrNotFound, store.ErrCorrupted, store.ErrInvalidDigest, store.ErrDigestMismatch, store.ErrNotLayout}
 	for i, a := range sentinels {
@@ -187,7 +187,7 @@ func TestErrors_NameDigestAndPath(t *testing.T) {
 	s := mustOpen(t, t.TempDir())
 	ctx := context.Background()
 	d := mustPut(t, s, []byte("blob"))
-	path, _ := layout.Path(s.Dir()).BlobPath(d)
+	path, _ := layoutfs.Path(s.Dir()).BlobPath(d)
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestWithLogger(t *testing.T) {
 	dir := t.TempDir()
 	s := mustOpen(t, dir, store.WithLogger(logger))
 	d := mustPut(t, s, []byte("blob"))
-	path, _ := layout.Path(s.Dir()).BlobPath(d)
+	path, _ := layoutfs.Path(s.Dir()).BlobPath(d)
 	os.Remove(path)
 	testutil.WriteFile(t, path, "blub")
 	if _, err := s.Get(context.Background(), d); !errors.Is(err, store.ErrCorrupted) {
@@ -220,7 +220,7 @@ func TestWithLogger(t *testing.T) {
 
 	// Sweeps are reported too.
 	buf.Reset()
-	stale := layout.Path(s.Dir()).Join(layout.IngestDir, "blob-stale.tmp")
+	stale := layoutfs.Path(s.Dir()).Join(layoutfs.IngestDir, "blob-stale.tmp")
 	testutil.WriteFile(t, stale, "x")
 	setAge(t, stale, 2*time.Hour)
 	mustOpen(t, dir, store.WithLogger(logger))
@@ -246,6 +246,7 @@ func TestDependencies(t *testing.T) {
 	}
 	out, err := exec.Command(goTool, "list", "-deps",
 		"github.com/ocibuild/layercache/layout",
+		"github.com/ocibuild/layercache/internal/layoutfs",
 		"github.com/ocibuild/layercache/pkg/store",
 	).CombinedOutput()
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocibuild/layercache/internal/diskerr"
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 )
 
 // Walk calls fn for every blob in the store, sha256 first, then sha512, in
@@ -24,12 +24,12 @@ import (
 // visited.
 func (s *Store) Walk(ctx context.Context, fn func(Info) error) (err error) {
 	defer diskerr.MarkAt(&err)
-	if layout.CheckDir(s.path.Join(layout.BlobsDir)) != nil {
+	if layoutfs.CheckDir(s.path.Join(layoutfs.BlobsDir)) != nil {
 		return nil // a planted symlink holds no blob of ours
 	}
-	for _, alg := range layout.Algorithms {
+	for _, alg := range layoutfs.Algorithms {
 		dir := s.path.AlgorithmDir(alg)
-		if layout.CheckDir(dir) != nil {
+		if layoutfs.CheckDir(dir) != nil {
 			continue // a planted symlink holds no blob of ours
 		}
 		f, err := os.Open(dir)
@@ -56,7 +56,7 @@ func walkDir(ctx context.Context, f *os.File, alg digest.Algorithm, fn func(Info
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			d, perr := layout.ParseBlobName(alg, e.Name())
+			d, perr := layoutfs.ParseBlobName(alg, e.Name())
 			if perr != nil {
 				continue
 			}

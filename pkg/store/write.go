@@ -13,7 +13,8 @@ import (
 
 	"github.com/ocibuild/layercache/internal/diskerr"
 	"github.com/ocibuild/layercache/internal/faultpoint"
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/fsutil"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 )
 
 // Put stores the data read from r and returns its sha256 digest, computed
@@ -39,7 +40,7 @@ func (s *Store) Put(ctx context.Context, r io.Reader) (d digest.Digest, err erro
 // reading r.
 func (s *Store) PutVerified(ctx context.Context, d digest.Digest, size int64, r io.Reader) (err error) {
 	defer diskerr.MarkAt(&err)
-	if err := layout.Validate(d); err != nil {
+	if err := layoutfs.Validate(d); err != nil {
 		return err
 	}
 	if size >= 0 {
@@ -116,7 +117,7 @@ func (s *Store) NewWriter(ctx context.Context, expected digest.Digest, size int6
 	}
 	alg := digest.SHA256
 	if expected != "" {
-		if err := layout.Validate(expected); err != nil {
+		if err := layoutfs.Validate(expected); err != nil {
 			return nil, err
 		}
 		alg = expected.Algorithm()
@@ -313,7 +314,7 @@ func (w *Writer) Commit() (d digest.Digest, err error) {
 	faultpoint.Hit("blob:after-rename")
 	if w.s.durable {
 		faultpoint.Hit("blob:before-dirsync")
-		if err := layout.SyncDir(dir); err != nil {
+		if err := fsutil.SyncDir(dir); err != nil {
 			return "", fmt.Errorf("blob %s: %w", name, err)
 		}
 	}

@@ -1,4 +1,4 @@
-package layout_test
+package layoutfs_test
 
 import (
 	"errors"
@@ -8,8 +8,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocibuild/layercache/internal/layoutfs"
 	"github.com/ocibuild/layercache/internal/testutil"
-	"github.com/ocibuild/layercache/layout"
 )
 
 var (
@@ -18,7 +18,7 @@ var (
 )
 
 func TestBlobPath(t *testing.T) {
-	p := layout.Path("/cache")
+	p := layoutfs.Path("/cache")
 	tests := []struct {
 		digest digest.Digest
 		want   string
@@ -37,7 +37,7 @@ func TestBlobPath(t *testing.T) {
 			if got != tc.want {
 				t.Errorf("BlobPath(%q): got %q, want %q", tc.digest, got, tc.want)
 			}
-			if err := layout.Validate(tc.digest); err != nil {
+			if err := layoutfs.Validate(tc.digest); err != nil {
 				t.Errorf("Validate(%q): %v", tc.digest, err)
 			}
 		})
@@ -46,7 +46,7 @@ func TestBlobPath(t *testing.T) {
 
 func TestBlobPath_Invalid(t *testing.T) {
 	dir := t.TempDir()
-	p, err := layout.Create(dir)
+	p, err := layoutfs.Create(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,16 +54,16 @@ func TestBlobPath_Invalid(t *testing.T) {
 	for _, tc := range testutil.InvalidDigests {
 		t.Run(tc.Reason, func(t *testing.T) {
 			got, err := p.BlobPath(tc.Digest)
-			if !errors.Is(err, layout.ErrInvalidDigest) {
+			if !errors.Is(err, layoutfs.ErrInvalidDigest) {
 				t.Errorf("BlobPath(%q): got (%q, %v), want ErrInvalidDigest", tc.Digest, got, err)
 			}
 			if got != "" {
 				t.Errorf("BlobPath(%q): got path %q, want %q", tc.Digest, got, "")
 			}
-			if err := layout.Validate(tc.Digest); !errors.Is(err, layout.ErrInvalidDigest) {
+			if err := layoutfs.Validate(tc.Digest); !errors.Is(err, layoutfs.ErrInvalidDigest) {
 				t.Errorf("Validate(%q): got %v, want ErrInvalidDigest", tc.Digest, err)
 			}
-			if _, err := p.LockBlob(t.Context(), tc.Digest); !errors.Is(err, layout.ErrInvalidDigest) {
+			if _, err := p.LockBlob(t.Context(), tc.Digest); !errors.Is(err, layoutfs.ErrInvalidDigest) {
 				t.Errorf("LockBlob(%q): got %v, want ErrInvalidDigest", tc.Digest, err)
 			}
 		})
@@ -72,20 +72,20 @@ func TestBlobPath_Invalid(t *testing.T) {
 }
 
 func TestValidate_ErrorNamesTheDigest(t *testing.T) {
-	err := layout.Validate("sha256:../../etc/passwd")
+	err := layoutfs.Validate("sha256:../../etc/passwd")
 	if err == nil || !strings.Contains(err.Error(), `"sha256:../../etc/passwd"`) {
 		t.Errorf("Validate: got %v, want an error quoting the digest", err)
 	}
 }
 
 func TestAlgorithmDir(t *testing.T) {
-	p := layout.Path("/cache")
-	for _, alg := range layout.Algorithms {
+	p := layoutfs.Path("/cache")
+	for _, alg := range layoutfs.Algorithms {
 		if got, want := p.AlgorithmDir(alg), filepath.Join("/cache", "blobs", string(alg)); got != want {
 			t.Errorf("AlgorithmDir(%s): got %q, want %q", alg, got, want)
 		}
 	}
-	if got, want := layout.Algorithms, []digest.Algorithm{digest.SHA256, digest.SHA512}; len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+	if got, want := layoutfs.Algorithms, []digest.Algorithm{digest.SHA256, digest.SHA512}; len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
 		t.Errorf("Algorithms: got %q, want %q", got, want)
 	}
 }
@@ -109,9 +109,9 @@ func TestParseBlobName(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.reason, func(t *testing.T) {
-			got, err := layout.ParseBlobName(tc.alg, tc.name)
+			got, err := layoutfs.ParseBlobName(tc.alg, tc.name)
 			if tc.want == "" {
-				if !errors.Is(err, layout.ErrInvalidDigest) {
+				if !errors.Is(err, layoutfs.ErrInvalidDigest) {
 					t.Errorf("ParseBlobName(%s, %q): got (%q, %v), want ErrInvalidDigest", tc.alg, tc.name, got, err)
 				}
 				return
@@ -133,16 +133,16 @@ func FuzzBlobPath(f *testing.F) {
 	}
 	f.Add("sha256:" + hex64)
 	f.Add("sha512:" + hex128)
-	root := layout.Path(filepath.Join(string(filepath.Separator), "var", "cache", "layercache"))
+	root := layoutfs.Path(filepath.Join(string(filepath.Separator), "var", "cache", "layercache"))
 	algDirs := map[string]digest.Algorithm{}
-	for _, alg := range layout.Algorithms {
+	for _, alg := range layoutfs.Algorithms {
 		algDirs[root.AlgorithmDir(alg)] = alg
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		d := digest.Digest(s)
 		path, err := root.BlobPath(d)
 		if err != nil {
-			if !errors.Is(err, layout.ErrInvalidDigest) {
+			if !errors.Is(err, layoutfs.ErrInvalidDigest) {
 				t.Fatalf("BlobPath(%q): got %v, want ErrInvalidDigest", s, err)
 			}
 			if path != "" {
@@ -162,7 +162,7 @@ func FuzzBlobPath(f *testing.F) {
 		if err != nil || rel != name || rel == "." || strings.Contains(rel, "..") || strings.ContainsRune(rel, filepath.Separator) {
 			t.Fatalf("BlobPath(%q): got %q, not strictly inside %s (rel %q, %v)", s, path, root.AlgorithmDir(alg), rel, err)
 		}
-		back, err := layout.ParseBlobName(alg, name)
+		back, err := layoutfs.ParseBlobName(alg, name)
 		if err != nil || back != d {
 			t.Fatalf("ParseBlobName(%s, %q): got (%q, %v), want %q", alg, name, back, err, s)
 		}

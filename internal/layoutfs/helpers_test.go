@@ -1,4 +1,4 @@
-package layout_test
+package layoutfs_test
 
 import (
 	"os"
