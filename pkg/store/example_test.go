@@ -97,6 +97,47 @@ func ExampleStore_Open() {
 	// removed: true
 }
 
+// A tool that checks a cache looks with Inspect, which changes nothing;
+// the pull path opens with VerifyFirst, which serves no byte before the
+// whole blob matched.
+func ExampleVerifyFirst() {
+	dir, err := os.MkdirTemp("", "layercache-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	s, err := store.Open(dir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	d, err := s.Put(ctx, strings.NewReader("config bytes\n"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	path, _ := layout.Path(s.Dir()).BlobPath(d)
+	os.Remove(path)
+	os.WriteFile(path, []byte("config bytez\n"), 0o444)
+
+	_, err = s.Stat(ctx, d, store.VerifyFirst)
+	fmt.Println("Stat with VerifyFirst, corrupted:", errors.Is(err, store.ErrCorrupted))
+	_, err = s.Get(ctx, d, store.Inspect)
+	fmt.Println("Get with Inspect, corrupted:", errors.Is(err, store.ErrCorrupted))
+	_, err = s.Stat(ctx, d)
+	fmt.Println("still there:", err == nil)
+
+	_, err = s.Open(ctx, d, store.VerifyFirst)
+	fmt.Println("Open with VerifyFirst, corrupted:", errors.Is(err, store.ErrCorrupted))
+	_, err = s.Stat(ctx, d)
+	fmt.Println("removed:", errors.Is(err, store.ErrNotFound))
+	// Output:
+	// Stat with VerifyFirst, corrupted: true
+	// Get with Inspect, corrupted: true
+	// still there: true
+	// Open with VerifyFirst, corrupted: true
+	// removed: true
+}
+
 func ExampleStore_PutVerified() {
 	dir, err := os.MkdirTemp("", "layercache-example")
 	if err != nil {
