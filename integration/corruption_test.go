@@ -9,6 +9,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocibuild/layercache/integration/regtest"
+	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
 )
@@ -163,7 +164,7 @@ func TestCorruption(t *testing.T) {
 
 func blobPath(t *testing.T, s *store.Store, d digest.Digest) string {
 	t.Helper()
-	path, err := s.Layout().BlobPath(d)
+	path, err := layout.Path(s.Dir()).BlobPath(d)
 	check(t, err)
 	return path
 }

@@ -273,16 +273,16 @@ func assertStats(t *testing.T, what string, got regtest.Stats, want regtest.Stat
 }
 
 // assertStoreSound checks the invariants of a store at rest: every entry
-// under blobs/ is a regular file that hashes to its name (store.Verify on
-// everything Walk finds), and ingest/ holds no temporary file, only the
-// empty lock files of the per-digest and index locks.
+// under blobs/ is a regular file that hashes to its name (store.Stat with
+// VerifyFirst on everything Walk finds), and ingest/ holds no temporary
+// file, only the empty lock files of the per-digest and index locks.
 func assertStoreSound(t *testing.T, s *store.Store) {
 	t.Helper()
 	ctx := t.Context()
 	n := 0
 	err := s.Walk(ctx, func(info store.Info) error {
 		n++
-		if _, err := s.Verify(ctx, info.Digest); err != nil {
+		if _, err := s.Stat(ctx, info.Digest, store.VerifyFirst); err != nil {
 			t.Errorf("store holds a blob that does not verify: %v", err)
 		}
 		return nil
@@ -304,7 +304,7 @@ func assertStoreSound(t *testing.T, s *store.Store) {
 // (a stored blob's partial was renamed into place).
 func assertIngestClean(t *testing.T, s *store.Store) {
 	t.Helper()
-	dir := s.Layout().Join(layout.IngestDir)
+	dir := layout.Path(s.Dir()).Join(layout.IngestDir)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -335,7 +335,7 @@ func assertIngestClean(t *testing.T, s *store.Store) {
 func assertHolds(t *testing.T, s *store.Store, ds ...digest.Digest) {
 	t.Helper()
 	for _, d := range ds {
-		if _, err := s.Verify(t.Context(), d); err != nil {
+		if _, err := s.Stat(t.Context(), d, store.VerifyFirst); err != nil {
 			t.Errorf("store: %v", err)
 		}
 	}
@@ -345,7 +345,7 @@ func assertHolds(t *testing.T, s *store.Store, ds ...digest.Digest) {
 func assertLacks(t *testing.T, s *store.Store, ds ...digest.Digest) {
 	t.Helper()
 	for _, d := range ds {
-		path, err := s.Layout().BlobPath(d)
+		path, err := layout.Path(s.Dir()).BlobPath(d)
 		if err != nil {
 			t.Fatal(err)
 		}

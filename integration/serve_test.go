@@ -25,6 +25,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocibuild/layercache/integration/regtest"
+	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -294,7 +295,7 @@ func TestServe_CorruptedBlobHeals(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertHolds(t, s, d)
-	path, err := s.Layout().BlobPath(d)
+	path, err := layout.Path(s.Dir()).BlobPath(d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,7 +461,7 @@ func TestServe_ClientCutMidBlob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path, err := s.Layout().BlobPath(d)
+	path, err := layout.Path(s.Dir()).BlobPath(d)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package layout
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +9,8 @@ import (
 
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocibuild/layercache/internal/fsutil"
 )
 
 // ErrBadIndex is returned by ReadIndex when index.json exists but is not a
@@ -21,6 +22,7 @@ var ErrBadIndex = errors.New("index.json is not a valid OCI image index")
 // larger file is garbage, not something to parse into memory.
 const maxIndexSize = 16 << 20
 
+// emptyIndex is the index of a layout that holds no refs.
 func emptyIndex() ocispec.Index {
 	return ocispec.Index{
 		Versioned: specs.Versioned{SchemaVersion: 2},
@@ -29,21 +31,16 @@ func emptyIndex() ocispec.Index {
 	}
 }
 
-// emptyIndexJSON is the index.json that Create writes into a new layout.
-func emptyIndexJSON() ([]byte, error) {
-	return json.Marshal(emptyIndex())
-}
-
 // ReadIndex reads index.json. It takes no lock: index.json is only ever
 // replaced by rename, so a reader sees a whole old or a whole new file. A
 // missing index.json reads as an empty index. A symlink, a directory or a
 // FIFO at its name is ErrBadIndex: what a symlink points at is never read.
 func (p Path) ReadIndex() (ocispec.Index, error) {
-	b, err := readSmallFile(p.Join(IndexFile), maxIndexSize)
+	b, err := fsutil.ReadSmallFile(p.Join(IndexFile), maxIndexSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return emptyIndex(), nil
 	}
-	if errors.Is(err, errNotRegular) {
+	if errors.Is(err, fsutil.ErrNotRegular) {
 		return ocispec.Index{}, fmt.Errorf("%w: %v", ErrBadIndex, err)
 	}
 	if err != nil {
@@ -69,39 +66,4 @@ func (p Path) ReadIndex() (ocispec.Index, error) {
 		idx.Manifests = []ocispec.Descriptor{}
 	}
 	return idx, nil
-}
-
-// UpdateIndex rewrites index.json under the index lock: it reads the
-// current index, lets fn change it, and writes the result durably (temp
-// file, fsync, rename, fsync of the directory). Two processes updating at
-// once are serialised, so neither loses the other's change. If fn returns
-// an error, index.json is left as it was.
-//
-// An index.json that does not parse (ErrBadIndex) is set aside as
-// index.json.corrupt and rebuilt from the blobs (see RepairIndex): fn
-// starts from the rebuilt index, and the returned error is nil.
-func (p Path) UpdateIndex(ctx context.Context, fn func(*ocispec.Index) error) error {
-	l, err := p.LockIndex(ctx)
-	if err != nil {
-		return err
-	}
-	defer l.Unlock()
-	idx, err := p.ReadIndex()
-	if errors.Is(err, ErrBadIndex) {
-		idx, err = p.rebuildIndex(ctx)
-	}
-	if err != nil {
-		return err
-	}
-	if err := fn(&idx); err != nil {
-		return err
-	}
-	if idx.Manifests == nil {
-		idx.Manifests = []ocispec.Descriptor{}
-	}
-	b, err := json.MarshalIndent(idx, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encoding %s: %w", p.Join(IndexFile), err)
-	}
-	return p.writeFileAtomic(IndexFile, append(b, '\n'))
 }

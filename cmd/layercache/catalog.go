@@ -44,7 +44,7 @@ func loadCatalog(ctx context.Context, s *store.Store) (*catalog, error) {
 		return nil, err
 	}
 	for _, r := range refs {
-		e := imageEntry{Ref: r.Annotations[store.RefAnnotation], Digest: r.Digest.String(), MediaType: r.MediaType, Complete: true}
+		e := imageEntry{Ref: r.Annotations[ocispec.AnnotationRefName], Digest: r.Digest.String(), MediaType: r.MediaType, Complete: true}
 		if info, err := s.Stat(ctx, r.Digest); err == nil {
 			e.LastUsed = info.LastUsed.UTC().Format("2006-01-02T15:04:05Z")
 		}
@@ -73,7 +73,7 @@ func (c *catalog) walk(ctx context.Context, s *store.Store, desc ocispec.Descrip
 	if !mt.IsIndex() && !mt.IsImage() {
 		return
 	}
-	raw, err := s.Inspect(ctx, desc.Digest)
+	raw, err := s.Get(ctx, desc.Digest, store.Inspect)
 	if err != nil {
 		e.Complete = false
 		return
@@ -112,7 +112,7 @@ func (c *catalog) walk(ctx context.Context, s *store.Store, desc ocispec.Descrip
 		}
 		// An attestation's config says unknown/unknown: not a platform.
 		if (len(e.Platforms) == 0 || desc.Platform == nil) && desc.Annotations[remotecache.AnnotationReferenceType] != remotecache.ReferenceTypeAttestation {
-			if raw, err := s.Inspect(ctx, digest.Digest(m.Config.Digest.String())); err == nil {
+			if raw, err := s.Get(ctx, digest.Digest(m.Config.Digest.String()), store.Inspect); err == nil {
 				if cf, err := v1.ParseConfigFile(bytes.NewReader(raw)); err == nil && cf.OS != "" && !contains(e.Platforms, cf.Platform().String()) {
 					e.Platforms = append(e.Platforms, cf.Platform().String())
 				}

@@ -2,18 +2,14 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"log"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -21,6 +17,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/ocibuild/layercache/internal/testregistry"
 )
 
 // fixture is an in-process registry (ggcr's pkg/registry behind
@@ -79,11 +77,8 @@ func (b imageBlobSet) blobs() int { return len(b.sizes) }
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := &fixture{}
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	f.reg = reg
-	srv := httptest.NewServer(reg)
-	t.Cleanup(srv.Close)
-	f.host = strings.TrimPrefix(srv.URL, "http://")
+	f.reg = testregistry.Handler()
+	f.host = testregistry.Host(testregistry.Start(t, f.reg))
 
 	var err error
 	f.single = f.host + "/test/single:v1"

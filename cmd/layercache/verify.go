@@ -1,17 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"runtime"
-	"sync"
-	"sync/atomic"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/ocibuild/layercache/pkg/store"
 )
@@ -57,99 +55,39 @@ are dropped, and the exit status is 0.`,
 			if err != nil {
 				return err
 			}
-			var blobs []store.Info
-			var total int64
-			if err := s.Walk(ctx, func(i store.Info) error {
-				blobs = append(blobs, i)
-				total += i.Size
-				return nil
-			}); err != nil {
+			out := verifyJSON{Corrupted: []corruptJSON{}, Refs: []string{}, Dangling: []string{}}
+			prog, bar, err := verifyProgress(ctx, g, s)
+			if err != nil {
 				return err
 			}
-			var bar *mpb.Bar
-			var prog *mpb.Progress
-			if !g.json && isTerminal(g.stderr) {
-				prog = mpb.New(mpb.WithOutput(g.stderr), mpb.WithWidth(40))
-				bar = prog.New(total, mpb.BarStyle(),
-					mpb.PrependDecorators(decor.Name("verify"), decor.CountersNoUnit(" %d/%d blobs", decor.WCSyncSpace)),
-					mpb.AppendDecorators(decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")))
-			}
-			out := verifyJSON{Corrupted: []corruptJSON{}, Refs: []string{}, Dangling: []string{}}
-			var mu sync.Mutex
-			var done atomic.Int64
-			eg, ectx := errgroup.WithContext(ctx)
-			eg.SetLimit(jobs)
-			for _, b := range blobs {
-				eg.Go(func() error {
-					_, err := s.Verify(ectx, b.Digest)
-					if bar != nil {
-						bar.IncrInt64(b.Size)
-					}
-					done.Add(1)
-					switch {
-					case err == nil, errors.Is(err, store.ErrNotFound):
-						return nil // removed meanwhile by another process: fine
-					case errors.Is(err, store.ErrCorrupted):
-						mu.Lock()
-						out.Corrupted = append(out.Corrupted, corruptJSON{Digest: b.Digest.String(), Error: err.Error()})
-						mu.Unlock()
-						return nil
-					default:
-						return err
-					}
-				})
-			}
-			err = eg.Wait()
+			err = s.VerifyAll(ctx, jobs, func(b store.Info, err error) {
+				out.Blobs++
+				out.Bytes += b.Size
+				if bar != nil {
+					bar.IncrInt64(b.Size)
+				}
+				if errors.Is(err, store.ErrCorrupted) {
+					out.Corrupted = append(out.Corrupted, corruptJSON{Digest: b.Digest.String(), Error: err.Error()})
+				}
+			})
 			if prog != nil {
-				bar.SetTotal(total, true)
+				bar.SetTotal(bar.Current(), true)
 				prog.Wait()
 			}
 			if err != nil {
 				return err
 			}
-			out.Blobs, out.Bytes = len(blobs), total
 			if out.Dangling, err = danglingRefs(cmd, s, out.Corrupted); err != nil {
 				return err
 			}
 			if repair && (len(out.Corrupted) > 0 || len(out.Dangling) > 0) {
-				for _, c := range out.Corrupted {
-					if err := s.Delete(ctx, digestOf(c.Digest)); err != nil && !errors.Is(err, store.ErrNotFound) {
-						return err
-					}
-				}
-				rep, err := s.Prune(ctx, store.Policy{})
-				if err != nil {
+				if out.Refs, err = repairVerify(ctx, s, out.Corrupted); err != nil {
 					return err
 				}
-				out.Refs = append(out.Refs, rep.DroppedRefs...)
 				out.Repaired = true
 			}
-			if g.json {
-				if err := g.printJSON(out); err != nil {
-					return err
-				}
-			} else {
-				for _, c := range out.Corrupted {
-					fmt.Fprintf(g.stdout, "corrupted: %s\n", printable(c.Error))
-				}
-				if !repair {
-					for _, r := range out.Dangling {
-						fmt.Fprintf(g.stdout, "dangling ref: %s\n", r)
-					}
-				}
-				for _, r := range out.Refs {
-					fmt.Fprintf(g.stdout, "dropped ref: %s\n", printable(r))
-				}
-				switch {
-				case len(out.Corrupted) == 0 && len(out.Dangling) > 0 && !repair:
-					fmt.Fprintf(g.stdout, "verified %d blobs (%s): all good, but %d refs name a missing manifest; run `layercache verify --repair` to drop them\n", out.Blobs, humanBytes(out.Bytes), len(out.Dangling))
-				case len(out.Corrupted) == 0:
-					fmt.Fprintf(g.stdout, "verified %d blobs (%s): all good\n", out.Blobs, humanBytes(out.Bytes))
-				case repair:
-					fmt.Fprintf(g.stdout, "verified %d blobs (%s): removed %d corrupted\n", out.Blobs, humanBytes(out.Bytes), len(out.Corrupted))
-				default:
-					fmt.Fprintf(g.stdout, "verified %d blobs (%s): %d corrupted; run `layercache verify --repair` to remove them\n", out.Blobs, humanBytes(out.Bytes), len(out.Corrupted))
-				}
+			if err := printVerify(g, out, repair); err != nil {
+				return err
 			}
 			if (len(out.Corrupted) > 0 || len(out.Dangling) > 0) && !repair {
 				return exitError{exitFail}
@@ -160,6 +98,72 @@ are dropped, and the exit status is 0.`,
 	cmd.Flags().BoolVar(&repair, "repair", false, "remove corrupted blobs (and refs whose manifest they were)")
 	cmd.Flags().IntVarP(&jobs, "jobs", "j", runtime.GOMAXPROCS(0), "blobs to hash at once")
 	return cmd
+}
+
+// repairVerify removes the corrupted blobs verify found, then drops the
+// refs whose manifest is gone, and returns the refs it dropped.
+func repairVerify(ctx context.Context, s *store.Store, corrupted []corruptJSON) ([]string, error) {
+	for _, c := range corrupted {
+		if err := s.Delete(ctx, digestOf(c.Digest)); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+	}
+	rep, err := s.Prune(ctx, store.Policy{})
+	if err != nil {
+		return nil, err
+	}
+	return append([]string{}, rep.DroppedRefs...), nil
+}
+
+// printVerify writes verify's report: one --json document, or a line per
+// corrupted blob and ref and a closing summary.
+func printVerify(g *globals, out verifyJSON, repair bool) error {
+	if g.json {
+		return g.printJSON(out)
+	}
+	for _, c := range out.Corrupted {
+		fmt.Fprintf(g.stdout, "corrupted: %s\n", printable(c.Error))
+	}
+	if !repair {
+		for _, r := range out.Dangling {
+			fmt.Fprintf(g.stdout, "dangling ref: %s\n", r)
+		}
+	}
+	for _, r := range out.Refs {
+		fmt.Fprintf(g.stdout, "dropped ref: %s\n", printable(r))
+	}
+	switch {
+	case len(out.Corrupted) == 0 && len(out.Dangling) > 0 && !repair:
+		fmt.Fprintf(g.stdout, "verified %d blobs (%s): all good, but %d refs name a missing manifest; run `layercache verify --repair` to drop them\n", out.Blobs, humanBytes(out.Bytes), len(out.Dangling))
+	case len(out.Corrupted) == 0:
+		fmt.Fprintf(g.stdout, "verified %d blobs (%s): all good\n", out.Blobs, humanBytes(out.Bytes))
+	case repair:
+		fmt.Fprintf(g.stdout, "verified %d blobs (%s): removed %d corrupted\n", out.Blobs, humanBytes(out.Bytes), len(out.Corrupted))
+	default:
+		fmt.Fprintf(g.stdout, "verified %d blobs (%s): %d corrupted; run `layercache verify --repair` to remove them\n", out.Blobs, humanBytes(out.Bytes), len(out.Corrupted))
+	}
+	return nil
+}
+
+// verifyProgress returns a progress bar of the bytes verify hashes, on a
+// terminal and without --json; otherwise none. Its total comes from a walk
+// of the store, which reads no blob.
+func verifyProgress(ctx context.Context, g *globals, s *store.Store) (*mpb.Progress, *mpb.Bar, error) {
+	if g.json || !isTerminal(g.stderr) {
+		return nil, nil, nil
+	}
+	var total int64
+	if err := s.Walk(ctx, func(i store.Info) error {
+		total += i.Size
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	prog := mpb.New(mpb.WithOutput(g.stderr), mpb.WithWidth(40))
+	bar := prog.New(total, mpb.BarStyle(),
+		mpb.PrependDecorators(decor.Name("verify"), decor.CountersNoUnit(" %d/%d blobs", decor.WCSyncSpace)),
+		mpb.AppendDecorators(decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")))
+	return prog, bar, nil
 }
 
 // danglingRefs lists the refs of index.json whose manifest is not in the

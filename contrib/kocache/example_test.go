@@ -3,15 +3,12 @@ package kocache_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log"
-	"net/http/httptest"
 	"os"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -20,6 +17,7 @@ import (
 	"github.com/google/ko/pkg/build"
 
 	"github.com/ocibuild/layercache/contrib/kocache"
+	"github.com/ocibuild/layercache/internal/testregistry"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
 )
@@ -27,8 +25,8 @@ import (
 // exampleBase starts ggcr's in-process registry on 127.0.0.1 with a base
 // index of two platforms at <host>/base/static:latest.
 func exampleBase() (base string, stop func()) {
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	base = strings.TrimPrefix(srv.URL, "http://") + "/base/static:latest"
+	srv := testregistry.Serve(nil)
+	base = testregistry.Host(srv) + "/base/static:latest"
 	var adds []mutate.IndexAddendum
 	for _, arch := range []string{"amd64", "arm64"} {
 		img, err := random.Image(1024, 2)

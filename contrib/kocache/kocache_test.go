@@ -3,8 +3,6 @@ package kocache_test
 import (
 	"context"
 	"errors"
-	"io"
-	"log"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -12,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -21,6 +18,7 @@ import (
 	"github.com/google/ko/pkg/build"
 
 	"github.com/ocibuild/layercache/contrib/kocache"
+	"github.com/ocibuild/layercache/internal/testregistry"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
 )
@@ -43,8 +41,8 @@ type testRegistry struct {
 func startRegistry(t *testing.T) *testRegistry {
 	t.Helper()
 	r := &testRegistry{}
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	reg := testregistry.Handler()
+	r.srv = testregistry.Start(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
 		switch p := req.URL.Path; {
 		case strings.Contains(p, "/manifests/") && req.Method == http.MethodGet:
@@ -57,8 +55,7 @@ func startRegistry(t *testing.T) *testRegistry {
 		r.mu.Unlock()
 		reg.ServeHTTP(w, req)
 	}))
-	t.Cleanup(r.srv.Close)
-	r.host = strings.TrimPrefix(r.srv.URL, "http://")
+	r.host = testregistry.Host(r.srv)
 	return r
 }
 

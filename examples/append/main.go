@@ -35,29 +35,21 @@ import (
 	"bytes"
 	"context"
 	"embed"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/signal"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/match"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/ocibuild/layercache/examples/internal/localregistry"
-	"github.com/ocibuild/layercache/examples/internal/wirecount"
+	"github.com/ocibuild/layercache/examples/internal/scaffold"
 	"github.com/ocibuild/layercache/pkg/cachedir"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
@@ -73,25 +65,7 @@ var sample embed.FS
 // so that the same directory gives the same layer digest on every run.
 var epoch = time.Unix(0, 0)
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	switch {
-	case err == nil:
-	case errors.Is(err, flag.ErrHelp):
-	case errors.As(err, new(usageError)):
-		fmt.Fprintln(os.Stderr, "append:", err)
-		os.Exit(2)
-	default:
-		fmt.Fprintln(os.Stderr, "append:", err)
-		os.Exit(1)
-	}
-}
-
-type usageError struct{ msg string }
-
-func (e usageError) Error() string { return e.msg }
+func main() { scaffold.Main("append", run) }
 
 // run is the whole tool. The result, the pushed reference by digest (or
 // the digest alone without -dst), goes to stdout; the report to stderr.
@@ -106,20 +80,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cacheDir  = flags.String("cache", "", "layer cache `DIR` (default: cachedir.Dir(), e.g. <project>/_build/ocibuild_cache)")
 		serve     = flags.Bool("serve", false, "run in-process registries for what -base and -dst leave out: no network needed")
 	)
-	if err := flags.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err.Error()}
-	}
-	if flags.NArg() > 0 {
-		return usageError{fmt.Sprintf("unexpected argument %q", flags.Arg(0))}
+	if err := scaffold.Parse(flags, args); err != nil {
+		return err
 	}
 	if *baseFlag == "" && !*serve {
-		return usageError{"give -base REF, or -serve to use a synthetic base on an in-process registry"}
+		return scaffold.UsageError{Msg: "give -base REF, or -serve to use a synthetic base on an in-process registry"}
 	}
 	if *dstFlag == "" && *layoutDir == "" && !*serve {
-		return usageError{"nothing to write: give -dst REF, -layout DIR or both"}
+		return scaffold.UsageError{Msg: "nothing to write: give -dst REF, -layout DIR or both"}
 	}
 	fsys, err := layerSource(*dirFlag)
 	if err != nil {
@@ -144,7 +112,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stderr, "cache: %s\n", s.Dir())
 
 	// 2. Decide what to pull and where to push.
-	baseRef, dstRef, cleanup, err := refs(ctx, *baseFlag, *dstFlag, *serve, stderr)
+	baseRef, dstRef, cleanup, err := scaffold.Refs(ctx, *baseFlag, *dstFlag, "example/append:latest", *serve, stderr)
 	if err != nil {
 		return err
 	}
@@ -153,13 +121,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// 3. Pull the base through the cache, with crane's credentials. Any
 	// other go-containerregistry option would go in WithRemote; the
 	// counting transport is only there to show what came over the wire.
-	wire := &wirecount.Transport{Inner: remote.DefaultTransport}
-	before, _ := s.Stats(ctx) // counters are advice: a read-only cache gives zeros
+	meter := scaffold.NewMeter(ctx, s)
 	base, err := remotecache.Image(baseRef, s,
 		remotecache.WithContext(ctx),
 		remotecache.WithLogger(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))),
 		remotecache.WithKeychain(authn.DefaultKeychain),
-		remotecache.WithTransport(wire),
+		remotecache.WithTransport(meter.Transport),
 	)
 	if err != nil {
 		return err
@@ -208,81 +175,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if dstRef != nil {
 			refName = dstRef.Identifier()
 		}
-		if err := writeLayout(*layoutDir, img, refName); err != nil {
+		if err := scaffold.WriteLayout(*layoutDir, img, refName); err != nil {
 			return fmt.Errorf("writing the layout %s: %w", *layoutDir, err)
 		}
 		fmt.Fprintf(stderr, "layout: %s (ref %q)\n", *layoutDir, refName)
 	}
 
-	// 6. Report. The registry's share is counted on the wire. The cache's
-	// is the growth of the store's counters, which count a blob when it is
-	// opened (and verified): the manifest and config too, and a layer read
-	// twice (push, then layout) twice. The counters are shared by every
-	// process using the cache, so the growth is this run's only if it ran
-	// alone.
-	after, _ := s.Stats(ctx)
-	fmt.Fprintf(stderr, "base blobs from registry: %d bytes (%d blobs)\n", wire.BlobBytes(), wire.Blobs())
-	fmt.Fprintf(stderr, "from cache: %d bytes (%d blobs, verified)\n", after.HitBytes-before.HitBytes, after.Hits-before.Hits)
-	fmt.Fprintf(stderr, "took %s\n", time.Since(start).Round(time.Millisecond))
+	// 6. Report what came from the registry and what from the cache.
+	meter.Report(ctx, stderr, start)
 	return nil
-}
-
-// refs returns the base to pull and where to push (nil: nowhere). With
-// serve, it starts an in-process registry for each of base and dst left
-// empty, and pushes the synthetic base to the base's; cleanup stops them.
-func refs(ctx context.Context, base, dst string, serve bool, stderr io.Writer) (baseRef, dstRef name.Reference, cleanup func(), err error) {
-	var regs []*localregistry.Registry
-	cleanup = func() {
-		for _, r := range regs {
-			r.Close()
-		}
-	}
-	defer func() {
-		if err != nil {
-			cleanup()
-		}
-	}()
-	// serveRef starts a registry and returns repoAndTag on it.
-	serveRef := func(repoAndTag string) (name.Reference, error) {
-		reg, err := localregistry.Start()
-		if err != nil {
-			return nil, err
-		}
-		regs = append(regs, reg)
-		return reg.Ref(repoAndTag)
-	}
-
-	if base != "" {
-		if baseRef, err = name.ParseReference(base); err != nil {
-			return nil, nil, nil, err
-		}
-	} else {
-		if baseRef, err = serveRef("base/synthetic:latest"); err != nil {
-			return nil, nil, nil, err
-		}
-		if err = localregistry.PushBase(ctx, baseRef); err != nil {
-			return nil, nil, nil, err
-		}
-		fmt.Fprintf(stderr, "base: %s (synthetic, in-process registry)\n", baseRef)
-	}
-
-	switch {
-	case dst != "":
-		if dstRef, err = name.ParseReference(dst); err != nil {
-			return nil, nil, nil, err
-		}
-	case serve:
-		// A registry apart from the base's, as when the base comes from
-		// Docker Hub and the result goes to ghcr.io: the base's layers must
-		// be uploaded, so they are read, and the cache serves them. (Pushed
-		// to the base's registry, they would be found there or mounted, and
-		// not read at all.)
-		if dstRef, err = serveRef("example/append:latest"); err != nil {
-			return nil, nil, nil, err
-		}
-		fmt.Fprintf(stderr, "dst: %s (in-process registry)\n", dstRef)
-	}
-	return baseRef, dstRef, cleanup, nil
 }
 
 // layerSource returns the tree to put in the layer: dir, or the sample
@@ -292,9 +193,9 @@ func layerSource(dir string) (fs.FS, error) {
 		return fs.Sub(sample, "sample")
 	}
 	if fi, err := os.Stat(dir); err != nil {
-		return nil, usageError{fmt.Sprintf("-dir: %v", err)}
+		return nil, scaffold.UsageError{Msg: fmt.Sprintf("-dir: %v", err)}
 	} else if !fi.IsDir() {
-		return nil, usageError{fmt.Sprintf("-dir: %s is not a directory", dir)}
+		return nil, scaffold.UsageError{Msg: fmt.Sprintf("-dir: %s is not a directory", dir)}
 	}
 	return os.DirFS(dir), nil
 }
@@ -353,19 +254,4 @@ func tarFS(fsys fs.FS) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
-}
-
-// writeLayout writes img to the OCI image layout in dir, creating it if
-// needed, and points the ref name refName at it, replacing the image that
-// name pointed at before: running twice leaves one entry, not two.
-func writeLayout(dir string, img v1.Image, refName string) error {
-	p, err := layout.FromPath(dir)
-	if err != nil {
-		if p, err = layout.Write(dir, empty.Index); err != nil {
-			return err
-		}
-	}
-	return p.ReplaceImage(img, match.Name(refName), layout.WithAnnotations(map[string]string{
-		"org.opencontainers.image.ref.name": refName,
-	}))
 }

@@ -31,31 +31,24 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/match"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/ocibuild/layercache/examples/internal/localregistry"
-	"github.com/ocibuild/layercache/examples/internal/wirecount"
+	"github.com/ocibuild/layercache/examples/internal/scaffold"
 	"github.com/ocibuild/layercache/pkg/cachedir"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
@@ -81,25 +74,7 @@ func main() {
 // epoch is the modification time of every entry of the new layer.
 var epoch = time.Unix(0, 0)
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	switch {
-	case err == nil:
-	case errors.Is(err, flag.ErrHelp):
-	case errors.As(err, new(usageError)):
-		fmt.Fprintln(os.Stderr, "kolike:", err)
-		os.Exit(2)
-	default:
-		fmt.Fprintln(os.Stderr, "kolike:", err)
-		os.Exit(1)
-	}
-}
-
-type usageError struct{ msg string }
-
-func (e usageError) Error() string { return e.msg }
+func main() { scaffold.Main("kolike", run) }
 
 // run is the whole tool. The result, the pushed reference by digest, goes
 // to stdout, as `ko build` prints it; the report goes to stderr.
@@ -113,17 +88,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cacheDir  = flags.String("cache", "", "layer cache `DIR` (default: cachedir.Dir(), e.g. <project>/_build/ocibuild_cache)")
 		serve     = flags.Bool("serve", false, "run in-process registries for what -base and -dst leave out: no network needed")
 	)
-	if err := flags.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err.Error()}
-	}
-	if flags.NArg() > 0 {
-		return usageError{fmt.Sprintf("unexpected argument %q", flags.Arg(0))}
+	if err := scaffold.Parse(flags, args); err != nil {
+		return err
 	}
 	if !*serve && (*baseFlag == "" || *dstFlag == "") {
-		return usageError{"give -base REF and -dst REF, or -serve to use in-process registries for what is missing"}
+		return scaffold.UsageError{Msg: "give -base REF and -dst REF, or -serve to use in-process registries for what is missing"}
 	}
 	start := time.Now()
 
@@ -142,7 +111,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stderr, "cache: %s\n", s.Dir())
 
-	baseRef, dstRef, cleanup, err := refs(ctx, *baseFlag, *dstFlag, stderr)
+	baseRef, dstRef, cleanup, err := scaffold.Refs(ctx, *baseFlag, *dstFlag, "example/hello:latest", *serve, stderr)
 	if err != nil {
 		return err
 	}
@@ -150,13 +119,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	// 2. Pull the base through the cache. Only its manifest and config are
 	// read here; the layers are read when the image is pushed.
-	wire := &wirecount.Transport{Inner: remote.DefaultTransport}
-	before, _ := s.Stats(ctx) // counters are advice: a read-only cache gives zeros
+	meter := scaffold.NewMeter(ctx, s)
 	base, err := remotecache.Image(baseRef, s,
 		remotecache.WithContext(ctx),
 		remotecache.WithLogger(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))),
 		remotecache.WithKeychain(authn.DefaultKeychain),
-		remotecache.WithTransport(wire),
+		remotecache.WithTransport(meter.Transport),
 	)
 	if err != nil {
 		return err
@@ -210,81 +178,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "%s@%s\n", dstRef.Context(), dig)
 	if *layoutDir != "" {
-		if err := writeLayout(*layoutDir, img, dstRef.Identifier()); err != nil {
+		if err := scaffold.WriteLayout(*layoutDir, img, dstRef.Identifier()); err != nil {
 			return fmt.Errorf("writing the layout %s: %w", *layoutDir, err)
 		}
 		fmt.Fprintf(stderr, "layout: %s (ref %q)\n", *layoutDir, dstRef.Identifier())
 	}
 
-	// 6. Report. The registry's share is counted on the wire. The cache's
-	// is the growth of the store's counters, which count a blob when it is
-	// opened (and verified): the manifest and config too, and a layer read
-	// twice (push, then layout) twice. The counters are shared by every
-	// process using the cache, so the growth is this run's only if it ran
-	// alone.
-	after, _ := s.Stats(ctx)
+	// 6. Report what came from the registry and what from the cache.
 	fmt.Fprintf(stderr, "digest: %s\n", dig)
-	fmt.Fprintf(stderr, "base blobs from registry: %d bytes (%d blobs)\n", wire.BlobBytes(), wire.Blobs())
-	fmt.Fprintf(stderr, "from cache: %d bytes (%d blobs, verified)\n", after.HitBytes-before.HitBytes, after.Hits-before.Hits)
-	fmt.Fprintf(stderr, "took %s\n", time.Since(start).Round(time.Millisecond))
+	meter.Report(ctx, stderr, start)
 	return nil
-}
-
-// refs returns the base to pull and where to push. For each left empty
-// it starts an in-process registry (and pushes the synthetic base to the
-// base's); cleanup stops them.
-func refs(ctx context.Context, base, dst string, stderr io.Writer) (baseRef, dstRef name.Reference, cleanup func(), err error) {
-	var regs []*localregistry.Registry
-	cleanup = func() {
-		for _, r := range regs {
-			r.Close()
-		}
-	}
-	defer func() {
-		if err != nil {
-			cleanup()
-		}
-	}()
-	// serveRef starts a registry and returns repoAndTag on it.
-	serveRef := func(repoAndTag string) (name.Reference, error) {
-		reg, err := localregistry.Start()
-		if err != nil {
-			return nil, err
-		}
-		regs = append(regs, reg)
-		return reg.Ref(repoAndTag)
-	}
-
-	if base != "" {
-		if baseRef, err = name.ParseReference(base); err != nil {
-			return nil, nil, nil, err
-		}
-	} else {
-		if baseRef, err = serveRef("base/synthetic:latest"); err != nil {
-			return nil, nil, nil, err
-		}
-		if err = localregistry.PushBase(ctx, baseRef); err != nil {
-			return nil, nil, nil, err
-		}
-		fmt.Fprintf(stderr, "base: %s (synthetic, in-process registry)\n", baseRef)
-	}
-
-	if dst != "" {
-		if dstRef, err = name.ParseReference(dst); err != nil {
-			return nil, nil, nil, err
-		}
-	} else {
-		// A registry apart from the base's, as when the base comes from
-		// one registry and the image goes to another: the base's layers
-		// must be uploaded, so they are read, and the cache serves them.
-		// (Pushed to the base's registry, they would be found there or
-		// mounted, and not read at all.)
-		if dstRef, err = serveRef("example/hello:latest"); err != nil {
-			return nil, nil, nil, err
-		}
-		fmt.Fprintf(stderr, "dst: %s (in-process registry)\n", dstRef)
-	}
-	return baseRef, dstRef, cleanup, nil
 }
 
 // build writes the hello-world module to a temporary directory and builds
@@ -345,19 +248,4 @@ func binaryLayer(bin []byte, path string, mt types.MediaType) (v1.Layer, error) 
 	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(tarBytes)), nil
 	}, tarball.WithMediaType(mt), tarball.WithCompressedCaching)
-}
-
-// writeLayout writes img to the OCI image layout in dir, creating it if
-// needed, and points the ref name refName at it, replacing the image that
-// name pointed at before.
-func writeLayout(dir string, img v1.Image, refName string) error {
-	p, err := layout.FromPath(dir)
-	if err != nil {
-		if p, err = layout.Write(dir, empty.Index); err != nil {
-			return err
-		}
-	}
-	return p.ReplaceImage(img, match.Name(refName), layout.WithAnnotations(map[string]string{
-		"org.opencontainers.image.ref.name": refName,
-	}))
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
+	"github.com/ocibuild/layercache/internal/diskerr"
 	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
@@ -39,6 +40,9 @@ func Classify(err error) string {
 	var terr *transport.Error
 	var nerr net.Error
 	msg := err.Error()
+	// Marked here too: an error from outside the store (the CLI's own
+	// files, say) holds the system error alone.
+	disk := diskerr.Mark(err)
 	switch {
 	case errors.Is(err, store.ErrCorrupted):
 		return ClassCorrupted
@@ -52,9 +56,9 @@ func Classify(err error) string {
 		return ClassOffline
 	case errors.Is(err, layout.ErrBadIndex):
 		return ClassBadIndex
-	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
+	case errors.Is(disk, store.ErrNoSpace):
 		return ClassNoSpace
-	case layout.IsReadOnly(err):
+	case errors.Is(disk, store.ErrReadOnly):
 		return ClassReadOnly
 	case errors.Is(err, context.DeadlineExceeded):
 		return ClassTimeout

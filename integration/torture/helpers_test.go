@@ -28,7 +28,7 @@ import (
 
 	"github.com/ocibuild/layercache/integration/regtest"
 	"github.com/ocibuild/layercache/integration/torture"
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
 )
@@ -195,7 +195,7 @@ func inspect(t testing.TB, dir string, lockable ...digest.Digest) (cacheState, [
 	st := cacheState{blobs: map[digest.Digest]int64{}, refs: map[string]digest.Digest{}}
 	// Before Open, which would repair it: a kill must never leave an
 	// index.json that does not parse.
-	if _, err := layout.Path(dir).ReadIndex(); err != nil {
+	if _, err := layoutfs.Path(dir).ReadIndex(); err != nil {
 		badf("index.json does not parse after the kill: %v", err)
 	}
 	s, err := store.Open(dir)
@@ -206,7 +206,7 @@ func inspect(t testing.TB, dir string, lockable ...digest.Digest) (cacheState, [
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err = s.Walk(ctx, func(i store.Info) error {
-		info, err := s.Verify(ctx, i.Digest)
+		info, err := s.Stat(ctx, i.Digest, store.VerifyFirst)
 		switch {
 		case err == nil:
 			st.blobs[i.Digest] = info.Size
@@ -219,13 +219,13 @@ func inspect(t testing.TB, dir string, lockable ...digest.Digest) (cacheState, [
 	if err != nil {
 		badf("walk: %v", err)
 	}
-	idx, err := s.Layout().ReadIndex()
+	idx, err := layoutfs.Path(s.Dir()).ReadIndex()
 	if err != nil {
 		badf("index.json: %v", err)
 	}
 	for _, m := range idx.Manifests {
 		st.index = append(st.index, m.Digest)
-		if n := m.Annotations[store.RefAnnotation]; n != "" {
+		if n := m.Annotations[ocispec.AnnotationRefName]; n != "" {
 			st.refs[n] = m.Digest
 			got, err := s.Resolve(ctx, n)
 			if err != nil || got.Digest != m.Digest {
@@ -233,12 +233,12 @@ func inspect(t testing.TB, dir string, lockable ...digest.Digest) (cacheState, [
 			}
 		}
 		if _, err := s.Stat(ctx, m.Digest); err != nil && !errors.Is(err, store.ErrNotFound) {
-			badf("ref %s (%s): not reported cleanly: %v", m.Annotations[store.RefAnnotation], m.Digest, err)
+			badf("ref %s (%s): not reported cleanly: %v", m.Annotations[ocispec.AnnotationRefName], m.Digest, err)
 		}
 	}
 	lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer lcancel()
-	if l, err := s.Layout().LockIndex(lctx); err != nil {
+	if l, err := layoutfs.Path(s.Dir()).LockIndex(lctx); err != nil {
 		badf("the index lock is not free: %v", err)
 	} else {
 		l.Unlock()

@@ -20,9 +20,10 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocibuild/layercache/integration/torture"
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -196,7 +197,7 @@ func TestHostileLockFiles(t *testing.T) {
 
 	locks := []lockName{
 		{"index lock", "index.json.lock"},
-		{"stats lock", layout.StatsFile + ".lock"},
+		{"stats lock", layoutfs.StatsFile + ".lock"},
 		{"blob lock", string(missing.Algorithm()) + "-" + missing.Encoded() + ".lock"},
 	}
 	old := time.Now().Add(-48 * time.Hour)
@@ -283,7 +284,7 @@ func runAtPlantedLock(t *testing.T, template string, img *image, missing digest.
 	check(t, os.MkdirAll(filepath.Join(outside, "folder", "sub"), 0o755))
 	check(t, os.WriteFile(filepath.Join(outside, "folder", "a.txt"), []byte("a"), 0o644))
 	check(t, os.WriteFile(filepath.Join(outside, "folder", "sub", "b.txt"), []byte("b"), 0o644))
-	path := filepath.Join(dir, layout.IngestDir, lock.file)
+	path := filepath.Join(dir, layoutfs.IngestDir, lock.file)
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal(err)
 	}
@@ -343,12 +344,12 @@ func didPull(dir string, img *image, layer digest.Digest, wantLayer, wantRef boo
 	if !wantRef {
 		return bad
 	}
-	idx, err := layout.Path(dir).ReadIndex()
+	idx, err := layoutfs.Path(dir).ReadIndex()
 	if err != nil {
 		return append(bad, fmt.Sprintf("after a successful pull: index.json: %v", err))
 	}
 	for _, m := range idx.Manifests {
-		if m.Annotations[store.RefAnnotation] == img.ref.Name() && m.Digest == img.digest {
+		if m.Annotations[ocispec.AnnotationRefName] == img.ref.Name() && m.Digest == img.digest {
 			return bad
 		}
 	}
@@ -359,7 +360,7 @@ func didPull(dir string, img *image, layer digest.Digest, wantLayer, wantRef boo
 // regular file holding d's bytes (of size bytes, unless size is -1),
 // without reading one that is larger than MaxBlobInMemory.
 func wholeBlob(dir string, d digest.Digest, size int64) error {
-	p, err := layout.Path(dir).BlobPath(d)
+	p, err := layoutfs.Path(dir).BlobPath(d)
 	if err != nil {
 		return err
 	}
@@ -434,7 +435,7 @@ func TestHostileOversized(t *testing.T) {
 					// The blob's bytes, then zeros up to the size, none
 					// of them on disk: a reader of the first bytes alone
 					// would find the real manifest.
-					p, err := layout.Path(dir).BlobPath(d)
+					p, err := layoutfs.Path(dir).BlobPath(d)
 					check(t, err)
 					check(t, os.Truncate(p, pl.size))
 				}
@@ -442,7 +443,7 @@ func TestHostileOversized(t *testing.T) {
 			}
 			planted := func(op, dir string) {
 				for _, d := range pl.blobs {
-					p, _ := layout.Path(dir).BlobPath(d)
+					p, _ := layoutfs.Path(dir).BlobPath(d)
 					if fi, err := os.Lstat(p); err != nil || fi.Size() != pl.size {
 						bad = append(bad, fmt.Sprintf("%s: the planted file at %s is gone or changed (%v)", op, d, err))
 					}
@@ -630,10 +631,10 @@ func TestHostileUserFolders(t *testing.T) {
 					before = snapshot(t, dir)
 				}
 			}
-			if _, err := layout.Create(dir); !errors.Is(err, layout.ErrNotLayout) {
-				bad = append(bad, fmt.Sprintf("layout.Create: %v, want ErrNotLayout", err))
+			if _, err := layoutfs.Create(dir); !errors.Is(err, layoutfs.ErrNotLayout) {
+				bad = append(bad, fmt.Sprintf("layoutfs.Create: %v, want ErrNotLayout", err))
 			}
-			touched("layout.Create")
+			touched("layoutfs.Create")
 			if _, err := store.Open(dir); !errors.Is(err, store.ErrNotLayout) {
 				bad = append(bad, fmt.Sprintf("store.Open: %v, want ErrNotLayout", err))
 			}
@@ -643,7 +644,7 @@ func TestHostileUserFolders(t *testing.T) {
 				bin, args := op.cmd(dir)
 				p := runProc(t, bin, args...)
 				runs++
-				bad = append(bad, p.problems(layout.ErrNotLayout.Error())...)
+				bad = append(bad, p.problems(layoutfs.ErrNotLayout.Error())...)
 				switch {
 				case p.code != 1:
 					bad = append(bad, fmt.Sprintf("%s: exit %d, want 1: refused", p.line, p.code))

@@ -16,8 +16,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
 )
@@ -70,7 +71,7 @@ func TestHostileSymlinks(t *testing.T) {
 		check(t, os.RemoveAll(path))
 		check(t, os.Symlink(target, path))
 	}
-	alg := func(dir string) string { return filepath.Join(dir, layout.BlobsDir, "sha256") }
+	alg := func(dir string) string { return filepath.Join(dir, layoutfs.BlobsDir, "sha256") }
 	cases := []plantCase{
 		{name: "blob symlinked to an outside copy of itself", plant: func(t *testing.T, dir, out string, img *image) {
 			replace(t, filepath.Join(alg(dir), layer.Encoded()), filepath.Join(out, layer.Encoded()))
@@ -89,38 +90,38 @@ func TestHostileSymlinks(t *testing.T) {
 		}},
 		{name: "blobs symlinked to an outside dir", plant: func(t *testing.T, dir, out string, img *image) {
 			check(t, os.MkdirAll(filepath.Join(out, "sha256"), 0o755))
-			replace(t, filepath.Join(dir, layout.BlobsDir), out)
+			replace(t, filepath.Join(dir, layoutfs.BlobsDir), out)
 		}},
 		{name: "blobs symlinked outside while open", afterOpen: true, plant: func(t *testing.T, dir, out string, img *image) {
 			check(t, os.MkdirAll(filepath.Join(out, "sha256"), 0o755))
-			replace(t, filepath.Join(dir, layout.BlobsDir), out)
+			replace(t, filepath.Join(dir, layoutfs.BlobsDir), out)
 		}},
 		{name: "ingest symlinked to an outside dir", plant: func(t *testing.T, dir, out string, img *image) {
-			replace(t, filepath.Join(dir, layout.IngestDir), out)
+			replace(t, filepath.Join(dir, layoutfs.IngestDir), out)
 		}},
 		{name: "ingest symlinked outside while open", afterOpen: true, plant: func(t *testing.T, dir, out string, img *image) {
-			replace(t, filepath.Join(dir, layout.IngestDir), out)
+			replace(t, filepath.Join(dir, layoutfs.IngestDir), out)
 		}},
 		{name: "blob lock file symlinked outside", afterOpen: true, plant: func(t *testing.T, dir, out string, img *image) {
-			replace(t, filepath.Join(dir, layout.IngestDir, "sha256-"+layer.Encoded()+".lock"), filepath.Join(out, "created-by-lock"))
+			replace(t, filepath.Join(dir, layoutfs.IngestDir, "sha256-"+layer.Encoded()+".lock"), filepath.Join(out, "created-by-lock"))
 		}},
 		{name: "index lock symlinked outside", afterOpen: true, plant: func(t *testing.T, dir, out string, img *image) {
-			replace(t, filepath.Join(dir, layout.IngestDir, "index.json.lock"), filepath.Join(out, "created-by-index-lock"))
+			replace(t, filepath.Join(dir, layoutfs.IngestDir, "index.json.lock"), filepath.Join(out, "created-by-index-lock"))
 		}},
 		{name: "stats lock symlinked outside", afterOpen: true, plant: func(t *testing.T, dir, out string, img *image) {
-			replace(t, filepath.Join(dir, layout.IngestDir, layout.StatsFile+".lock"), filepath.Join(out, "created-by-stats-lock"))
+			replace(t, filepath.Join(dir, layoutfs.IngestDir, layoutfs.StatsFile+".lock"), filepath.Join(out, "created-by-stats-lock"))
 		}},
 		{name: "index.json symlinked to an outside index", plant: func(t *testing.T, dir, out string, img *image) {
-			replace(t, filepath.Join(dir, layout.IndexFile), filepath.Join(out, "index.json"))
+			replace(t, filepath.Join(dir, layoutfs.IndexFile), filepath.Join(out, "index.json"))
 		}},
 		{name: "index.json symlinked outside while open", afterOpen: true, plant: func(t *testing.T, dir, out string, img *image) {
-			replace(t, filepath.Join(dir, layout.IndexFile), filepath.Join(out, "index.json"))
+			replace(t, filepath.Join(dir, layoutfs.IndexFile), filepath.Join(out, "index.json"))
 		}},
 		{name: "stats file symlinked outside", plant: func(t *testing.T, dir, out string, img *image) {
-			replace(t, filepath.Join(dir, layout.StatsFile), filepath.Join(out, "stats.json"))
+			replace(t, filepath.Join(dir, layoutfs.StatsFile), filepath.Join(out, "stats.json"))
 		}},
 		{name: "oci-layout symlinked outside", openFails: true, plant: func(t *testing.T, dir, out string, img *image) {
-			replace(t, filepath.Join(dir, layout.LayoutFile), filepath.Join(out, "oci-layout"))
+			replace(t, filepath.Join(dir, layoutfs.LayoutFile), filepath.Join(out, "oci-layout"))
 		}},
 	}
 
@@ -198,7 +199,7 @@ func useHostileCache(t *testing.T, w *world, s *store.Store, dir string, c plant
 	// Refs come from the cache's own index.json, not an outside one.
 	if refs, err := s.Refs(ctx); err == nil {
 		for _, r := range refs {
-			if r.Annotations[store.RefAnnotation] == "evil" {
+			if r.Annotations[ocispec.AnnotationRefName] == "evil" {
 				bad = append(bad, "a ref of an outside index.json was served")
 			}
 		}
@@ -231,7 +232,7 @@ func useHostileCache(t *testing.T, w *world, s *store.Store, dir string, c plant
 		bad = append(bad, fmt.Sprintf("a pull after reopening failed: %v", err))
 	}
 	for _, d := range img.blobs {
-		if _, err := s2.Verify(ctx, d); err != nil {
+		if _, err := s2.Stat(ctx, d, store.VerifyFirst); err != nil {
 			bad = append(bad, fmt.Sprintf("after a pull in a reopened cache: %v", err))
 		}
 	}
@@ -293,7 +294,7 @@ func TestHostileIndex(t *testing.T) {
 	img := w.images[0]
 	template := filepath.Join(t.TempDir(), "template")
 	warm(t, template, img)
-	good, err := os.ReadFile(filepath.Join(template, layout.IndexFile))
+	good, err := os.ReadFile(filepath.Join(template, layoutfs.IndexFile))
 	check(t, err)
 	huge := append(append([]byte(nil), good[:len(good)-2]...), bytes.Repeat([]byte(" "), 17<<20)...)
 	cases := []struct {
@@ -319,7 +320,7 @@ func TestHostileIndex(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "cache")
 			copyDir(t, template, dir)
-			path := filepath.Join(dir, layout.IndexFile)
+			path := filepath.Join(dir, layoutfs.IndexFile)
 			check(t, os.Remove(path))
 			check(t, c.plant(path))
 			bad := hostileIndex(t, dir, img)
@@ -358,7 +359,7 @@ func hostileIndex(t *testing.T, dir string, img *image) []string {
 	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "index.json") {
 		bad = append(bad, fmt.Sprintf("open did not report the bad index.json; log: %q", logs.String()))
 	}
-	idx, err := s.Layout().ReadIndex()
+	idx, err := layoutfs.Path(s.Dir()).ReadIndex()
 	if err != nil {
 		return append(bad, fmt.Sprintf("index.json after open: %v", err))
 	}
@@ -370,7 +371,7 @@ func hostileIndex(t *testing.T, dir string, img *image) []string {
 		b, _ := json.Marshal(idx)
 		bad = append(bad, fmt.Sprintf("the rebuilt index.json does not list the stored image %s: %s", img.digest, b))
 	}
-	if _, err := os.Lstat(filepath.Join(dir, layout.CorruptIndexFile)); err != nil {
+	if _, err := os.Lstat(filepath.Join(dir, layoutfs.CorruptIndexFile)); err != nil {
 		bad = append(bad, fmt.Sprintf("the bad index.json was not kept: %v", err))
 	}
 	// The image resolves by digest, offline, from what the blobs hold.

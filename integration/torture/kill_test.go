@@ -26,10 +26,10 @@ var blobSteps = []string{
 	"blob:temp-written", "blob:synced", "blob:before-rename", "blob:after-rename",
 }
 
-// indexSteps are those of an index.json update (layout.UpdateIndex).
+// indexSteps are those of an index.json update (layoutfs.UpdateIndex).
 var indexSteps = []string{"index.json:temp-written", "index.json:before-rename", "index.json:after-rename"}
 
-// statsSteps are those of a stats update (layout.UpdateStats).
+// statsSteps are those of a stats update (layoutfs.UpdateStats).
 var statsSteps = []string{
 	"layercache-stats.json:temp-written", "layercache-stats.json:before-rename", "layercache-stats.json:after-rename",
 }

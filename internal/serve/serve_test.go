@@ -276,7 +276,7 @@ func TestPullThroughPathPrefix(t *testing.T) {
 		t.Errorf("first pull: %d blob GETs upstream, want 4 (config and 3 layers)", n)
 	}
 	for _, l := range must(t, img.Layers) {
-		if _, err := fx.s.Verify(t.Context(), digest.Digest(must(t, l.Digest).String())); err != nil {
+		if _, err := fx.s.Stat(t.Context(), digest.Digest(must(t, l.Digest).String()), store.VerifyFirst); err != nil {
 			t.Errorf("layer not cached: %v", err)
 		}
 	}
@@ -369,7 +369,7 @@ func TestBlobRanges(t *testing.T) {
 	if err := fx.h.Shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fx.s.Verify(t.Context(), digest.Digest(h0.String())); err != nil {
+	if _, err := fx.s.Stat(t.Context(), digest.Digest(h0.String()), store.VerifyFirst); err != nil {
 		t.Errorf("after a ranged miss the blob is not cached whole: %v", err)
 	}
 
@@ -778,7 +778,7 @@ func TestHeadMissCachesBlob(t *testing.T) {
 	if err := fx.h.Shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fx.s.Verify(t.Context(), digest.Digest(h.String())); err != nil {
+	if _, err := fx.s.Stat(t.Context(), digest.Digest(h.String()), store.VerifyFirst); err != nil {
 		t.Errorf("after a HEAD, the blob is not cached: %v", err)
 	}
 }

@@ -108,7 +108,7 @@ func Check(ctx context.Context, refs []name.Reference, s *store.Store, opts ...O
 			b := &blobCheck{}
 			c.blobs[l.digest] = b
 			g.Go(func() error {
-				info, err := s.Verify(gctx, l.digest)
+				info, err := s.Stat(gctx, l.digest, store.VerifyFirst)
 				b.size, b.err = info.Size, err
 				return fatal(err)
 			})
@@ -202,7 +202,7 @@ func (c *checker) small(ctx context.Context, d digest.Digest) ([]byte, error) {
 	if b, ok := c.blobs[d]; ok {
 		return b.raw, b.err
 	}
-	raw, err := c.s.Inspect(ctx, d)
+	raw, err := c.s.Get(ctx, d, store.Inspect)
 	if ferr := fatal(err); ferr != nil {
 		return nil, ferr
 	}

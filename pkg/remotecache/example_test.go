@@ -5,18 +5,17 @@ import (
 	"io"
 	"log"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"sync/atomic"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/cache"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/ocibuild/layercache/internal/testregistry"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
 )
@@ -25,14 +24,14 @@ import (
 // layers at <host>/example/app:v1, and counts the blob downloads it serves.
 func exampleRegistry() (ref name.Reference, blobGets *atomic.Int64, stop func()) {
 	blobGets = new(atomic.Int64)
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	reg := testregistry.Handler()
+	srv := testregistry.Serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") {
 			blobGets.Add(1)
 		}
 		reg.ServeHTTP(w, r)
 	}))
-	ref, err := name.ParseReference(strings.TrimPrefix(srv.URL, "http://") + "/example/app:v1")
+	ref, err := name.ParseReference(testregistry.Host(srv) + "/example/app:v1")
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -20,7 +20,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -142,9 +141,9 @@ func (p *puller) resolve(ctx context.Context, ref name.Reference) (desc v1.Descr
 // the caller releases (unlock) once it has recorded the tag: processes
 // pulling the same new tag at once wait for the first (at most
 // tagWaitMax), then ask with a HEAD and find the manifest stored. So the
-// registry sees one GET of the manifest, as it did when every pull started
-// with a HEAD. A cache that cannot be written, and so cannot record the
-// tag, asks with a HEAD every time.
+// registry sees one GET of the manifest however many pulls start at once,
+// no more than if every pull asked with a HEAD first. A cache that cannot
+// be written, and so cannot record the tag, asks with a HEAD every time.
 func (p *puller) resolveTag(ctx context.Context, ref name.Reference) (d digest.Digest, raw []byte, unlock func(), err error) {
 	noop := func() {}
 	cached, cerr := p.s.Resolve(ctx, ref.Name())
@@ -532,10 +531,10 @@ func (p *puller) noteStoreReadError(d digest.Digest, err error) {
 // for a build to fail.
 func (p *puller) noteStoreWriteError(d digest.Digest, err error) {
 	switch {
-	case layout.IsReadOnly(err):
+	case errors.Is(err, store.ErrReadOnly):
 		p.o.warnOnce.warn("readonly", "cache is read-only; serving hits from it and misses from the registry without caching them",
 			"dir", p.s.Dir(), "err", err)
-	case isNoSpace(err):
+	case errors.Is(err, store.ErrNoSpace):
 		p.o.warnOnce.warn("nospace", "cache disk is full; misses are served from the registry without caching them",
 			"dir", p.s.Dir(), "err", err)
 	default:

@@ -114,7 +114,7 @@ func (r *fzRegistry) pull(t *testing.T, ds []digest.Digest) {
 		t.Fatalf("a pull hung until its deadline")
 	}
 	for _, d := range ds {
-		if _, err := s.Verify(ctx, d); err != nil && !errors.Is(err, store.ErrNotFound) {
+		if _, err := s.Stat(ctx, d, store.VerifyFirst); err != nil && !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("the store holds a blob that does not verify: %v", err)
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"log/slog"
 	"math/rand"
 	"net/http"
@@ -24,7 +23,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/compression"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -34,6 +32,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocibuild/layercache/internal/testregistry"
 	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
@@ -94,11 +93,10 @@ type testRegistry struct {
 
 func newTestRegistry(t testing.TB) *testRegistry {
 	t.Helper()
-	r := &testRegistry{reg: registry.New(registry.Logger(log0))}
+	r := &testRegistry{reg: testregistry.Handler()}
 	r.reset()
-	r.srv = httptest.NewServer(r)
-	t.Cleanup(r.srv.Close)
-	r.host = strings.TrimPrefix(r.srv.URL, "http://")
+	r.srv = testregistry.Start(t, r)
+	r.host = testregistry.Host(r.srv)
 	return r
 }
 
@@ -404,9 +402,6 @@ func (w *countingWriter) Flush() {
 		f.Flush()
 	}
 }
-
-// log0 silences ggcr's registry, which logs every request.
-var log0 = log.New(io.Discard, "", 0)
 
 // Faults.
 
@@ -796,7 +791,7 @@ func assertClean(t testing.TB, s *store.Store) {
 	ctx := context.Background()
 	var bad []string
 	err := s.Walk(ctx, func(i store.Info) error {
-		if _, err := s.Verify(ctx, i.Digest); err != nil {
+		if _, err := s.Stat(ctx, i.Digest, store.VerifyFirst); err != nil {
 			bad = append(bad, err.Error())
 		}
 		return nil
@@ -814,7 +809,7 @@ func assertClean(t testing.TB, s *store.Store) {
 
 func assertStored(t testing.TB, s *store.Store, h v1.Hash) {
 	t.Helper()
-	if _, err := s.Verify(context.Background(), toDigest(h)); err != nil {
+	if _, err := s.Stat(context.Background(), toDigest(h), store.VerifyFirst); err != nil {
 		t.Errorf("blob %s: %v, want it stored and whole", h, err)
 	}
 }

@@ -208,7 +208,7 @@ func (p *puller) warmLayer(ctx context.Context, l v1.Descriptor) error {
 // and whole; a corrupted one is deleted, and a missing one reported as
 // false with no error.
 func (p *puller) verifyCached(ctx context.Context, d digest.Digest) (bool, error) {
-	info, err := p.s.Verify(ctx, d)
+	info, err := p.s.Stat(ctx, d, store.VerifyFirst)
 	switch {
 	case err == nil:
 		p.stats.hit(info.Size)

@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,13 +20,14 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/pkg/store"
 	"github.com/ocibuild/layercache/pkg/store/storetest"
 )
 
 // Environment variables that switch a re-executed test binary into a child
-// role, as Go's lockedfile tests do. childDirEnv names the store the child
+// role (testutil.StartChild). childDirEnv names the store the child
 // works on; its presence is what makes a test act as the child.
 const (
 	childDirEnv  = "LAYERCACHE_STORE_CHILD_DIR"
@@ -35,46 +35,8 @@ const (
 	childSyncEnv = "LAYERCACHE_STORE_CHILD_SYNC"
 )
 
-type child struct {
-	cmd *exec.Cmd
-	out *bytes.Buffer
-}
-
-// startChild re-executes the test binary to run only the test named test,
-// with env added. The child is killed when the test ends if still running.
-func startChild(t *testing.T, test string, env ...string) *child {
-	t.Helper()
-	// -test.timeout bounds an orphan if the parent dies without killing it.
-	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.timeout=2m")
-	cmd.Env = append(os.Environ(), env...)
-	out := new(bytes.Buffer)
-	cmd.Stdout = out
-	cmd.Stderr = out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting child: %v", err)
-	}
-	c := &child{cmd: cmd, out: out}
-	t.Cleanup(func() {
-		if c.cmd.ProcessState == nil {
-			c.cmd.Process.Kill()
-			c.cmd.Wait()
-		}
-	})
-	return c
-}
-
-// waitFor polls cond until it holds, and fails the test after timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, timeout)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
+// fileExists reports whether path exists; it never fails the test, so
+// children and pollers may call it.
 func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
@@ -110,34 +72,34 @@ func TestCrossProcess(t *testing.T) {
 	dir := t.TempDir()
 	mustOpen(t, dir)
 	syncDir := t.TempDir()
-	var cs []*child
+	var cs []*testutil.Child
 	for i := range children {
-		cs = append(cs, startChild(t, t.Name(),
+		cs = append(cs, testutil.StartChild(t, t.Name(),
 			childDirEnv+"="+dir, childIDEnv+"="+strconv.Itoa(i), childSyncEnv+"="+syncDir))
 	}
 	for i := range children {
-		waitFor(t, time.Minute, "child "+strconv.Itoa(i)+" ready", func() bool {
+		testutil.WaitFor(t, time.Minute, "child "+strconv.Itoa(i)+" ready", func() bool {
 			return fileExists(filepath.Join(syncDir, "ready-"+strconv.Itoa(i)))
 		})
 	}
-	writeFile(t, filepath.Join(syncDir, "go"), "")
+	testutil.WriteFile(t, filepath.Join(syncDir, "go"), "")
 
 	// Poll until every child has exited.
 	var exited atomic.Int32
 	for _, c := range cs {
 		go func() {
-			c.cmd.Wait()
+			c.Cmd.Wait()
 			exited.Add(1)
 		}()
 	}
-	sha256Dir := filepath.Join(dir, layout.BlobsDir, "sha256")
+	sha256Dir := filepath.Join(dir, layoutfs.BlobsDir, "sha256")
 	checked, rounds := 0, 0
 	seen := false
 	for exited.Load() < children {
 		checked += checkFinalNames(t, sha256Dir)
 		rounds++
 		if checked > 0 && !seen {
-			writeFile(t, filepath.Join(syncDir, "seen"), "")
+			testutil.WriteFile(t, filepath.Join(syncDir, "seen"), "")
 			seen = true
 		}
 		// Leave the children CPU: with two cores, a busy parent
@@ -145,10 +107,10 @@ func TestCrossProcess(t *testing.T) {
 		time.Sleep(2 * time.Millisecond)
 	}
 	for _, c := range cs {
-		if !c.cmd.ProcessState.Success() {
-			t.Errorf("child %v: %v\n%s", c.cmd.Args, c.cmd.ProcessState, c.out)
+		if !c.Cmd.ProcessState.Success() {
+			t.Errorf("child %v: %v\n%s", c.Cmd.Args, c.Cmd.ProcessState, c.Out)
 		} else if testing.Verbose() {
-			t.Logf("child: %s", strings.TrimSpace(c.out.String()))
+			t.Logf("child: %s", strings.TrimSpace(c.Out.String()))
 		}
 	}
 	t.Logf("parent checked %d files at their final names in %d rounds", checked, rounds)
@@ -203,8 +165,8 @@ func crossProcessChild(t *testing.T, dir string) {
 	syncDir := os.Getenv(childSyncEnv)
 	s := mustOpen(t, dir)
 	blobs := crossProcessBlobs()
-	writeFile(t, filepath.Join(syncDir, "ready-"+strconv.Itoa(id)), "")
-	waitFor(t, time.Minute, "go", func() bool { return fileExists(filepath.Join(syncDir, "go")) })
+	testutil.WriteFile(t, filepath.Join(syncDir, "ready-"+strconv.Itoa(id)), "")
+	testutil.WaitFor(t, time.Minute, "go", func() bool { return fileExists(filepath.Join(syncDir, "go")) })
 
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(uint64(id), 42))
@@ -301,11 +263,11 @@ func TestPut_Killed(t *testing.T) {
 	dir := t.TempDir()
 	s := mustOpen(t, dir)
 	d := digest.FromBytes(data)
-	c := startChild(t, t.Name(), childDirEnv+"="+dir)
+	c := testutil.StartChild(t, t.Name(), childDirEnv+"="+dir)
 
-	ingest := s.Layout().Join(layout.IngestDir)
+	ingest := layoutfs.Path(s.Dir()).Join(layoutfs.IngestDir)
 	var temp string
-	waitFor(t, time.Minute, "half-written temp file in ingest/", func() bool {
+	testutil.WaitFor(t, time.Minute, "half-written temp file in ingest/", func() bool {
 		entries, _ := os.ReadDir(ingest)
 		for _, e := range entries {
 			if fi, err := e.Info(); err == nil && strings.HasSuffix(e.Name(), ".tmp") && fi.Size() >= size/2 {
@@ -315,24 +277,24 @@ func TestPut_Killed(t *testing.T) {
 		}
 		return false
 	})
-	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := c.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.cmd.Wait(); err == nil {
-		t.Fatalf("child exited cleanly; want it killed\n%s", c.out)
+	if err := c.Cmd.Wait(); err == nil {
+		t.Fatalf("child exited cleanly; want it killed\n%s", c.Out)
 	}
 
-	path, _ := s.Layout().BlobPath(d)
-	if exists(t, path) {
+	path, _ := layoutfs.Path(s.Dir()).BlobPath(d)
+	if testutil.Exists(t, path) {
 		t.Error("a blob is at its final name after its writer was killed mid-Put")
 	}
-	if entries, _ := os.ReadDir(s.Layout().AlgorithmDir(digest.SHA256)); len(entries) != 0 {
+	if entries, _ := os.ReadDir(layoutfs.Path(s.Dir()).AlgorithmDir(digest.SHA256)); len(entries) != 0 {
 		t.Errorf("blobs/sha256 holds %d entries after a killed Put, want none", len(entries))
 	}
 
 	// A fresh Open works and keeps the temp file, which is young.
 	s2 := mustOpen(t, dir)
-	if !exists(t, temp) {
+	if !testutil.Exists(t, temp) {
 		t.Error("Open swept a young temp file")
 	}
 	if got := mustPut(t, s2, data); got != d {
@@ -345,7 +307,7 @@ func TestPut_Killed(t *testing.T) {
 	// An hour later, the litter goes.
 	setAge(t, temp, 2*time.Hour)
 	mustOpen(t, dir)
-	if exists(t, temp) {
+	if testutil.Exists(t, temp) {
 		t.Error("Open kept a temp file two hours old")
 	}
 }

@@ -3,11 +3,13 @@ package store
 import (
 	"errors"
 
+	"github.com/ocibuild/layercache/internal/diskerr"
 	"github.com/ocibuild/layercache/layout"
 )
 
 // Sentinel errors. Match them with errors.Is: every error the store returns
-// wraps at most one of them, and names the digest (and path) concerned.
+// wraps at most one of them (ErrReadOnly and ErrNoSpace sit beside the
+// system error they stand for), and names the digest (and path) concerned.
 var (
 	// ErrNotFound is returned by Open, Get, Stat and Delete when the store
 	// holds no blob with the digest.
@@ -39,4 +41,17 @@ var (
 	// non-empty directory that is not an OCI image layout. It is the same
 	// value as layout.ErrNotLayout.
 	ErrNotLayout = layout.ErrNotLayout
+
+	// ErrReadOnly is wrapped by every error of a method that could not
+	// write to the cache because its file system is read-only (EROFS) or
+	// the process lacks permission (EACCES, EPERM). The system error stays
+	// in the chain beside it. Reads of a read-only cache still work.
+	ErrReadOnly = diskerr.ErrReadOnly
+
+	// ErrNoSpace is wrapped by every error of a method that could not
+	// write to the cache because its disk is full (ENOSPC), a quota is
+	// reached (EDQUOT) or the process's file size limit is (EFBIG). The
+	// system error stays in the chain beside it. Nothing partial is
+	// published.
+	ErrNoSpace = diskerr.ErrNoSpace
 )

@@ -12,6 +12,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -76,7 +77,7 @@ func ExampleStore_Open() {
 	fmt.Println("verified:", err == nil)
 
 	// Someone edits the blob on disk.
-	path, _ := s.Layout().BlobPath(d)
+	path, _ := layout.Path(s.Dir()).BlobPath(d)
 	os.Remove(path)
 	os.WriteFile(path, []byte("layer bytez\n"), 0o444)
 
@@ -93,6 +94,47 @@ func ExampleStore_Open() {
 	// layer bytes
 	// verified: true
 	// corrupted: true
+	// removed: true
+}
+
+// A tool that checks a cache looks with Inspect, which changes nothing;
+// the pull path opens with VerifyFirst, which serves no byte before the
+// whole blob matched.
+func ExampleVerifyFirst() {
+	dir, err := os.MkdirTemp("", "layercache-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	s, err := store.Open(dir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	d, err := s.Put(ctx, strings.NewReader("config bytes\n"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	path, _ := layout.Path(s.Dir()).BlobPath(d)
+	os.Remove(path)
+	os.WriteFile(path, []byte("config bytez\n"), 0o444)
+
+	_, err = s.Stat(ctx, d, store.VerifyFirst)
+	fmt.Println("Stat with VerifyFirst, corrupted:", errors.Is(err, store.ErrCorrupted))
+	_, err = s.Get(ctx, d, store.Inspect)
+	fmt.Println("Get with Inspect, corrupted:", errors.Is(err, store.ErrCorrupted))
+	_, err = s.Stat(ctx, d)
+	fmt.Println("still there:", err == nil)
+
+	_, err = s.Open(ctx, d, store.VerifyFirst)
+	fmt.Println("Open with VerifyFirst, corrupted:", errors.Is(err, store.ErrCorrupted))
+	_, err = s.Stat(ctx, d)
+	fmt.Println("removed:", errors.Is(err, store.ErrNotFound))
+	// Output:
+	// Stat with VerifyFirst, corrupted: true
+	// Get with Inspect, corrupted: true
+	// still there: true
+	// Open with VerifyFirst, corrupted: true
 	// removed: true
 }
 
@@ -138,7 +180,7 @@ func ExampleStore_Prune() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		path, _ := s.Layout().BlobPath(d)
+		path, _ := layout.Path(s.Dir()).BlobPath(d)
 		when := time.Now().Add(-time.Duration(days+1) * 24 * time.Hour)
 		os.Chtimes(path, when, when)
 	}

@@ -18,7 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -28,7 +28,7 @@ import (
 // A symlink planted at blobs/<alg> or blobs/ while a store is open makes
 // no operation read, write or remove a file outside the cache.
 func TestSymlinkedBlobDirsAfterOpen(t *testing.T) {
-	for _, rel := range []string{filepath.Join(layout.BlobsDir, "sha256"), layout.BlobsDir} {
+	for _, rel := range []string{filepath.Join(layoutfs.BlobsDir, "sha256"), layoutfs.BlobsDir} {
 		t.Run(rel, func(t *testing.T) {
 			ctx := context.Background()
 			s, err := store.Open(t.TempDir())
@@ -42,7 +42,7 @@ func TestSymlinkedBlobDirsAfterOpen(t *testing.T) {
 			}
 			outside := t.TempDir()
 			target := outside
-			if rel == layout.BlobsDir {
+			if rel == layoutfs.BlobsDir {
 				target = filepath.Join(outside, "sha256")
 			}
 			if err := os.MkdirAll(target, 0o755); err != nil {
@@ -52,7 +52,7 @@ func TestSymlinkedBlobDirsAfterOpen(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := hostileTree(t, outside)
-			link := s.Layout().Join(rel)
+			link := layoutfs.Path(s.Dir()).Join(rel)
 			if err := os.RemoveAll(link); err != nil {
 				t.Fatal(err)
 			}
@@ -135,7 +135,7 @@ func TestOpen_RepairsBadIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(s.Layout().Join(layout.IndexFile), []byte(`{"schemaVersion":2,"manifests":[`), 0o644); err != nil {
+	if err := os.WriteFile(layoutfs.Path(s.Dir()).Join(layoutfs.IndexFile), []byte(`{"schemaVersion":2,"manifests":[`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var logs bytes.Buffer
@@ -143,10 +143,10 @@ func TestOpen_RepairsBadIndex(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open with a bad index.json: %v", err)
 	}
-	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), layout.CorruptIndexFile) {
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), layoutfs.CorruptIndexFile) {
 		t.Errorf("Open did not warn about the bad index.json: %q", logs.String())
 	}
-	idx, err := s.Layout().ReadIndex()
+	idx, err := layoutfs.Path(s.Dir()).ReadIndex()
 	if err != nil {
 		t.Fatalf("index.json after Open: %v", err)
 	}
@@ -189,10 +189,13 @@ func hostileDiskFullChild(t *testing.T, dir string) {
 	if err == nil || !errors.Is(err, syscall.EFBIG) || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("Put over the file size limit: got %v, want EFBIG and the words disk full", err)
 	}
+	if !errors.Is(err, store.ErrNoSpace) {
+		t.Errorf("Put over the file size limit: got %v, want ErrNoSpace", err)
+	}
 	if _, err := s.Stat(context.Background(), digest.FromBytes(data)); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("Stat after the failed Put: got %v, want ErrNotFound", err)
 	}
-	entries, _ := os.ReadDir(s.Layout().Join(layout.IngestDir))
+	entries, _ := os.ReadDir(layoutfs.Path(s.Dir()).Join(layoutfs.IngestDir))
 	for _, e := range entries {
 		if strings.HasSuffix(e.Name(), ".tmp") {
 			t.Errorf("the failed Put left ingest/%s", e.Name())
@@ -211,7 +214,7 @@ func TestGet_OversizedBlobNotRead(t *testing.T) {
 			ctx := context.Background()
 			s := mustOpen(t, t.TempDir())
 			d := mustPut(t, s, []byte(`{"schemaVersion":2}`))
-			path, err := s.Layout().BlobPath(d)
+			path, err := layoutfs.Path(s.Dir()).BlobPath(d)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -223,11 +226,11 @@ func TestGet_OversizedBlobNotRead(t *testing.T) {
 			}
 			for _, read := range []struct {
 				name string
-				fn   func(context.Context, digest.Digest) ([]byte, error)
-			}{{"Get", s.Get}, {"Inspect", s.Inspect}} {
+				opts []store.ReadOption
+			}{{"Get", nil}, {"Inspect", []store.ReadOption{store.Inspect}}} {
 				var before, after runtime.MemStats
 				runtime.ReadMemStats(&before)
-				b, err := read.fn(ctx, d)
+				b, err := s.Get(ctx, d, read.opts...)
 				runtime.ReadMemStats(&after)
 				if !errors.Is(err, store.ErrTooLarge) || b != nil {
 					t.Errorf("%s of a %d-byte blob: got (%d bytes, %v), want ErrTooLarge", read.name, size, len(b), err)

@@ -98,7 +98,7 @@ func TestRead_RefreshesLastUse(t *testing.T) {
 			}
 			return err
 		}, true},
-		{"Verify", func(s *Store, d digest.Digest) error { _, err := s.Verify(ctx, d); return err }, false},
+		{"Verify", func(s *Store, d digest.Digest) error { _, err := s.Stat(ctx, d, VerifyFirst); return err }, false},
 		{"Stat", func(s *Store, d digest.Digest) error { _, err := s.Stat(ctx, d); return err }, false},
 		{"Walk", func(s *Store, d digest.Digest) error { return s.Walk(ctx, func(Info) error { return nil }) }, false},
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocibuild/layercache/internal/diskerr"
 	"github.com/ocibuild/layercache/internal/faultpoint"
 )
 
@@ -61,6 +62,7 @@ func (l *blobLocks) unlock(d digest.Digest) {
 // process and returns the file error alongside a valid unlock func, so a
 // caller may go on without cross-process exclusion.
 func (s *Store) LockBlob(ctx context.Context, d digest.Digest) (unlock func(), err error) {
+	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

@@ -9,6 +9,8 @@ import (
 	"os"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/ocibuild/layercache/internal/diskerr"
 )
 
 // OpenPartial starts or resumes writing blob d through a file in ingest/
@@ -26,7 +28,8 @@ import (
 //
 // Close keeps the file for a later resume; Discard removes it; Commit
 // publishes it, or removes it when its bytes are not d.
-func (s *Store) OpenPartial(ctx context.Context, d digest.Digest, size int64) (*Writer, error) {
+func (s *Store) OpenPartial(ctx context.Context, d digest.Digest, size int64) (w *Writer, err error) {
+	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -39,7 +42,7 @@ func (s *Store) OpenPartial(ctx context.Context, d digest.Digest, size int64) (*
 		f.Close()
 		return nil, fmt.Errorf("blob %s: %w", d, err)
 	}
-	w := &Writer{s: s, ctx: ctx, f: f, out: newPipeFile(f), h: d.Algorithm().Hash(), alg: d.Algorithm(),
+	w = &Writer{s: s, ctx: ctx, f: f, out: newPipeFile(f), h: d.Algorithm().Hash(), alg: d.Algorithm(),
 		expected: d, size: size, partial: true, resumed: fi.Size()}
 	if size >= 0 && w.resumed > size {
 		if err := w.Restart(); err != nil {
@@ -83,7 +86,8 @@ func (r prefixReader) Read(b []byte) (int, error) {
 
 // Restart drops every byte written so far, those of a resumed file too,
 // so that the blob is written again from its first byte.
-func (w *Writer) Restart() error {
+func (w *Writer) Restart() (err error) {
+	defer diskerr.MarkAt(&err)
 	if w.done {
 		return errors.New("restart of a committed or closed blob writer")
 	}
@@ -102,7 +106,8 @@ func (w *Writer) Restart() error {
 // Discard abandons a partial Writer and removes its file, so that the
 // next download of the blob starts from zero. It is safe to call after
 // Commit or Close.
-func (w *Writer) Discard() error {
+func (w *Writer) Discard() (err error) {
+	defer diskerr.MarkAt(&err)
 	name := w.f.Name()
 	w.Close()
 	if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {

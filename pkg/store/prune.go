@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/internal/diskerr"
 	"github.com/ocibuild/layercache/internal/faultpoint"
 )
 
@@ -45,7 +46,8 @@ type PruneReport struct {
 // Prune is safe while other processes read and write the store: a reader
 // that has a blob open keeps reading it, and a blob used again after Prune
 // listed it (its last use moved) is kept. It checks ctx between blobs.
-func (s *Store) Prune(ctx context.Context, p Policy) (PruneReport, error) {
+func (s *Store) Prune(ctx context.Context, p Policy) (rep PruneReport, err error) {
+	defer diskerr.MarkAt(&err)
 	if p.MaxSize < 0 || p.MaxAge < 0 {
 		return PruneReport{}, errors.New("prune: negative max size or max age")
 	}
@@ -73,7 +75,6 @@ func (s *Store) Prune(ctx context.Context, p Policy) (PruneReport, error) {
 	for _, i := range all {
 		total += i.Size
 	}
-	var rep PruneReport
 	cutoff := time.Time{}
 	if p.MaxAge > 0 {
 		cutoff = s.now().Add(-p.MaxAge)
@@ -165,7 +166,7 @@ func (s *Store) dropDanglingRefs(ctx context.Context, dryRun bool, removed []Inf
 		}
 		for _, m := range refs {
 			if gone(m) {
-				dropped = append(dropped, m.Annotations[RefAnnotation])
+				dropped = append(dropped, m.Annotations[refAnnotation])
 			}
 		}
 		return dropped, nil
@@ -175,7 +176,7 @@ func (s *Store) dropDanglingRefs(ctx context.Context, dryRun bool, removed []Inf
 		kept := idx.Manifests[:0]
 		for _, m := range idx.Manifests {
 			if _, err := s.Stat(ctx, m.Digest); errors.Is(err, ErrNotFound) {
-				dropped = append(dropped, m.Annotations[RefAnnotation])
+				dropped = append(dropped, m.Annotations[refAnnotation])
 				continue
 			}
 			kept = append(kept, m)

@@ -4,21 +4,19 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
+	"github.com/ocibuild/layercache/internal/testutil"
 )
 
 // pruneFixture is a store holding four blobs of 100 bytes, last used 4 h,
@@ -159,14 +157,14 @@ func TestPrune_DryRun(t *testing.T) {
 	if err := f.s.Tag(context.Background(), "example.com/old:1", ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: f.blobs[0], Size: 100}); err != nil {
 		t.Fatal(err)
 	}
-	oldTemp := f.s.path.Join(layout.IngestDir, "blob-old.tmp")
+	oldTemp := f.s.path.Join(layoutfs.IngestDir, "blob-old.tmp")
 	if err := os.WriteFile(oldTemp, []byte("litter"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chtimes(oldTemp, t0.Add(-2*time.Hour), t0.Add(-2*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	before := snapshotDir(t, f.s.Dir())
+	before := testutil.Snapshot(t, f.s.Dir())
 	rep, err := f.s.Prune(context.Background(), Policy{MaxSize: 250, DryRun: true})
 	if err != nil {
 		t.Fatal(err)
@@ -183,7 +181,7 @@ func TestPrune_DryRun(t *testing.T) {
 	if rep.Swept != 0 {
 		t.Errorf("Swept (dry run): got %d, want 0", rep.Swept)
 	}
-	if d := before.diff(snapshotDir(t, f.s.Dir())); d != "" {
+	if d := before.Diff(testutil.Snapshot(t, f.s.Dir())); d != "" {
 		t.Errorf("a dry run changed the store:\n%s", d)
 	}
 }
@@ -212,7 +210,7 @@ func TestPrune_DropsDanglingRefs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(refs) != 1 || refs[0].Annotations[RefAnnotation] != "example.com/kept:1" {
+	if len(refs) != 1 || refs[0].Annotations[refAnnotation] != "example.com/kept:1" {
 		t.Errorf("Refs after Prune: got %v, want only example.com/kept:1", refs)
 	}
 }
@@ -223,8 +221,8 @@ func TestPrune_ZeroPolicyDropsDanglingRefsAndSweeps(t *testing.T) {
 	if err := s.Tag(ctx, "gone", ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("gone"), Size: 4}); err != nil {
 		t.Fatal(err)
 	}
-	old := s.path.Join(layout.IngestDir, "blob-old.tmp")
-	young := s.path.Join(layout.IngestDir, "blob-young.tmp")
+	old := s.path.Join(layoutfs.IngestDir, "blob-old.tmp")
+	young := s.path.Join(layoutfs.IngestDir, "blob-young.tmp")
 	for _, p := range []string{old, young} {
 		if err := os.WriteFile(p, []byte("litter"), 0o600); err != nil {
 			t.Fatal(err)
@@ -333,52 +331,6 @@ func TestEvict_UsedSinceWalk(t *testing.T) {
 	if err != nil || removed {
 		t.Errorf("evict of a blob someone else removed: got (%v, %v), want (false, nil)", removed, err)
 	}
-}
-
-// snapshotDir maps each path below root to its type, size and mtime.
-func snapshotDir(t *testing.T, root string) tree {
-	t.Helper()
-	m := tree{}
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		size := fi.Size()
-		if fi.IsDir() {
-			size = 0
-		}
-		rel, _ := filepath.Rel(root, path)
-		m[rel] = fmt.Sprintf("%v size=%d mtime=%d", fi.Mode(), size, fi.ModTime().UnixNano())
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-type tree map[string]string
-
-func (before tree) diff(after tree) string {
-	var out []string
-	for k, v := range before {
-		if w, ok := after[k]; !ok {
-			out = append(out, "removed "+k)
-		} else if w != v {
-			out = append(out, fmt.Sprintf("changed %s: %s -> %s", k, v, w))
-		}
-	}
-	for k := range after {
-		if _, ok := before[k]; !ok {
-			out = append(out, "created "+k)
-		}
-	}
-	sort.Strings(out)
-	return strings.Join(out, "\n")
 }
 
 // TestPrune_TiesEvictLargestFirst: blobs used at the same instant (an image

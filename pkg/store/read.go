@@ -13,7 +13,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/diskerr"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 )
 
 // bufSize is the read size of the store's copy loops. 256 KiB reads keep
@@ -25,39 +26,75 @@ const bufSize = 256 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
+// ReadOption changes how Open, Get and Stat read a blob. The options are
+// the functions below, passed as values: s.Open(ctx, d, store.VerifyFirst).
+type ReadOption func(*readOptions)
+
+type readOptions struct {
+	verifyFirst bool // hash the whole blob before returning
+	inspect     bool // leave last use and a corrupted blob alone
+}
+
+func makeReadOptions(opts []ReadOption) readOptions {
+	var o readOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// VerifyFirst makes Open hash the whole blob before it returns, and then
+// return a reader of the same open file from its start: every byte it
+// serves was verified, so callers may hand bytes on at once. This is the
+// read of the pull path, where a mismatch found at the end of a stream
+// would be too late to heal. It costs a second read of the file, which the
+// page cache makes cheap next to hashing. With Stat, VerifyFirst hashes
+// the blob too, as a verify tool does. Get always verifies first.
+func VerifyFirst(o *readOptions) { o.verifyFirst = true }
+
+// Inspect makes a read look at the cache without changing it, for tools
+// that list or check a cache rather than use it: the blob's last use is
+// left alone, so looking does not change what Prune evicts, and a
+// corrupted blob gives ErrCorrupted but stays in place for the caller to
+// report or Delete. Stat never changes the store, with or without it.
+func Inspect(o *readOptions) { o.inspect = true }
+
 // Open returns a reader of the blob d that hashes the bytes it returns. At
 // the end it returns io.EOF only if the size and the digest matched;
 // otherwise it returns an error wrapping ErrCorrupted, and the bad file has
-// already been removed. A caller that stops reading early has verified
-// nothing. Bytes returned before a corruption is detected must not be
-// trusted: callers that cannot take bytes back use OpenVerified.
+// already been removed (unless Inspect). A caller that stops reading early
+// has verified nothing. Bytes returned before a corruption is detected must
+// not be trusted: callers that cannot take bytes back pass VerifyFirst.
 //
 // A missing blob gives ErrNotFound; a malformed digest gives
 // ErrInvalidDigest and touches no file. Reading refreshes the blob's last
-// use, at most once an hour.
-func (s *Store) Open(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
-	f, fi, path, err := s.openFile(ctx, d)
-	if err != nil {
-		return nil, err
-	}
-	return &verifyReader{s: s, f: f, fi: fi, d: d, path: path, h: d.Algorithm().Hash()}, nil
-}
-
-// OpenVerified hashes the whole blob d before it returns, and then returns a
-// reader of the same open file, positioned at its start, with its Info. The
-// bytes it serves were verified, so callers may hand them on at once: this
-// is the read of the pull path, where a mismatch found at the end of a
-// stream would be too late to heal. It costs a second read of the file,
-// which the page cache makes cheap next to hashing. A corrupted blob gives
-// ErrCorrupted and is removed.
+// use, at most once an hour (unless Inspect).
 //
 // The blob's file is immutable once published, and the reader keeps the
-// verified file open, so a concurrent Delete, Prune or republication does not
+// file open, so a concurrent Delete, Prune or republication does not
 // change what it serves.
-func (s *Store) OpenVerified(ctx context.Context, d digest.Digest) (io.ReadCloser, Info, error) {
-	f, fi, path, err := s.openFile(ctx, d)
+func (s *Store) Open(ctx context.Context, d digest.Digest, opts ...ReadOption) (rc io.ReadCloser, err error) {
+	defer diskerr.MarkAt(&err)
+	rc, _, err = s.open(ctx, d, makeReadOptions(opts))
+	return rc, err
+}
+
+// OpenVerified is Open(ctx, d, VerifyFirst) that also returns the blob's
+// Info, for callers that count what they serve.
+func (s *Store) OpenVerified(ctx context.Context, d digest.Digest) (rc io.ReadCloser, info Info, err error) {
+	defer diskerr.MarkAt(&err)
+	return s.open(ctx, d, readOptions{verifyFirst: true})
+}
+
+// open is Open with its options made, returning the blob's Info too.
+func (s *Store) open(ctx context.Context, d digest.Digest, o readOptions) (io.ReadCloser, Info, error) {
+	f, fi, path, err := s.openFor(ctx, d, o)
 	if err != nil {
 		return nil, Info{}, err
+	}
+	info := Info{Digest: d, Size: fi.Size(), LastUsed: fi.ModTime()}
+	if !o.verifyFirst {
+		return &verifyReader{s: s, f: f, fi: fi, d: d, path: path, h: d.Algorithm().Hash(), keep: o.inspect}, info, nil
 	}
 	// Hashing through a memory map instead, to copy each byte out of the
 	// page cache once, measured slower here (bench/: 0.77x of the ideal
@@ -66,7 +103,7 @@ func (s *Store) OpenVerified(ctx context.Context, d digest.Digest) (io.ReadClose
 	// caches. hashFile reads ahead in a second goroutine instead.
 	if err := s.hashFile(ctx, f, fi, d, path); err != nil {
 		f.Close()
-		if errors.Is(err, ErrCorrupted) {
+		if errors.Is(err, ErrCorrupted) && !o.inspect {
 			s.removeCorrupted(d, path, fi, err)
 		}
 		return nil, Info{}, err
@@ -75,30 +112,32 @@ func (s *Store) OpenVerified(ctx context.Context, d digest.Digest) (io.ReadClose
 		f.Close()
 		return nil, Info{}, fmt.Errorf("blob %s (%s): %w", d, path, err)
 	}
-	info := Info{Digest: d, Size: fi.Size(), LastUsed: fi.ModTime()}
 	return &sizedReader{f: f, remaining: fi.Size(), d: d, path: path}, info, nil
 }
 
-// MaxBlobInMemory is the size of the largest blob that Get and Inspect read
-// into memory; a larger one gives ErrTooLarge. Manifests and configs are
-// far smaller: distribution refuses manifests over 4 MiB, and the pull path
+// MaxBlobInMemory is the size of the largest blob that Get reads into
+// memory; a larger one gives ErrTooLarge. Manifests and configs are far
+// smaller: distribution refuses manifests over 4 MiB, and the pull path
 // (package remotecache) reads none over 8 MiB from a registry. Without a
 // bound, a file planted at a manifest's digest (an 8 GiB sparse file costs
 // nothing to make) would make Get allocate its size and crash the process.
-const MaxBlobInMemory = layout.MaxManifestSize
+const MaxBlobInMemory = layoutfs.MaxManifestSize
 
 // Get returns the whole blob d, verified before it returns anything. It is
 // meant for manifests and configs: it holds the blob in memory, so avoid it
 // for layers. A blob larger than MaxBlobInMemory gives ErrTooLarge and is
-// neither read nor removed; other errors are those of Open.
-func (s *Store) Get(ctx context.Context, d digest.Digest) ([]byte, error) {
-	f, fi, path, err := s.openFile(ctx, d)
+// neither read nor removed; other errors are those of Open, and so is what
+// Inspect changes.
+func (s *Store) Get(ctx context.Context, d digest.Digest, opts ...ReadOption) (data []byte, err error) {
+	defer diskerr.MarkAt(&err)
+	o := makeReadOptions(opts)
+	f, fi, path, err := s.openFor(ctx, d, o)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
 	b, err := readWhole(f, fi, d, path)
-	if errors.Is(err, ErrCorrupted) {
+	if errors.Is(err, ErrCorrupted) && !o.inspect {
 		s.removeCorrupted(d, path, fi, err)
 	}
 	return b, err
@@ -126,24 +165,9 @@ func readWhole(f *os.File, fi fs.FileInfo, d digest.Digest, path string) ([]byte
 	return buf, nil
 }
 
-// Inspect is Get for tools that look at the cache rather than use it
-// (listing images, say): the blob is verified the same way, but its last
-// use is left alone, so looking does not change what Prune evicts. A
-// corrupted blob gives ErrCorrupted and is left in place, as with Verify;
-// a blob larger than MaxBlobInMemory gives ErrTooLarge, as with Get.
-func (s *Store) Inspect(ctx context.Context, d digest.Digest) ([]byte, error) {
-	f, fi, path, err := s.openFileNoTouch(ctx, d)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return readWhole(f, fi, d, path)
-}
-
-// Verify hashes the stored blob d and reports whether it matches, without
-// removing it: a corrupted blob gives ErrCorrupted and stays in place for
-// the caller to inspect or Delete. It does not refresh the last use.
-func (s *Store) Verify(ctx context.Context, d digest.Digest) (Info, error) {
+// verify hashes the stored blob d and reports whether it matches, without
+// removing it or refreshing its last use: Stat with VerifyFirst.
+func (s *Store) verify(ctx context.Context, d digest.Digest) (Info, error) {
 	f, fi, path, err := s.openFileNoTouch(ctx, d)
 	if err != nil {
 		return Info{}, err
@@ -153,6 +177,15 @@ func (s *Store) Verify(ctx context.Context, d digest.Digest) (Info, error) {
 		return Info{}, err
 	}
 	return Info{Digest: d, Size: fi.Size(), LastUsed: fi.ModTime()}, nil
+}
+
+// openFor opens the blob as o says: with Inspect, as it is; otherwise
+// through openFile.
+func (s *Store) openFor(ctx context.Context, d digest.Digest, o readOptions) (*os.File, fs.FileInfo, string, error) {
+	if o.inspect {
+		return s.openFileNoTouch(ctx, d)
+	}
+	return s.openFile(ctx, d)
 }
 
 // openFile opens the blob for reading and refreshes its last use.
@@ -259,6 +292,7 @@ type verifyReader struct {
 	h    hash.Hash
 	n    int64
 	err  error // sticky: once failed, always failed
+	keep bool  // Inspect: a corrupted blob stays in place
 }
 
 func (r *verifyReader) Read(p []byte) (int, error) {
@@ -275,7 +309,7 @@ func (r *verifyReader) Read(p []byte) (int, error) {
 	case err == io.EOF:
 		if got := digest.NewDigest(r.d.Algorithm(), r.h); got != r.d || r.n != r.fi.Size() {
 			r.err = corruptedError(r.d, r.path, r.n, got)
-			r.s.removeCorrupted(r.d, r.path, r.fi, r.err)
+			r.remove()
 		} else {
 			r.err = io.EOF
 		}
@@ -287,7 +321,14 @@ func (r *verifyReader) Read(p []byte) (int, error) {
 
 func (r *verifyReader) fail() {
 	r.err = corruptedError(r.d, r.path, r.n, digest.NewDigest(r.d.Algorithm(), r.h))
-	r.s.removeCorrupted(r.d, r.path, r.fi, r.err)
+	r.remove()
+}
+
+// remove removes the blob that failed, unless the read is Inspect's.
+func (r *verifyReader) remove() {
+	if !r.keep {
+		r.s.removeCorrupted(r.d, r.path, r.fi, r.err)
+	}
 }
 
 // WriteTo copies the rest of the blob to w with large reads, so io.Copy
@@ -320,7 +361,7 @@ func (r *verifyReader) Close() error { return r.f.Close() }
 // smallRead is the size under which sizedReader buffers a read.
 const smallRead = 64 << 10
 
-// sizedReader serves a blob that OpenVerified already hashed. It still
+// sizedReader serves a blob that Open with VerifyFirst already hashed. It still
 // checks that the file ends where it ended when hashed.
 //
 // Small reads are served from a buffer of bufSize filled by one read(2):

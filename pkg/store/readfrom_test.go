@@ -13,7 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -92,7 +92,7 @@ func TestWriter_ReadFromBadInput(t *testing.T) {
 			if _, err := s.Stat(ctx, d); !errors.Is(err, store.ErrNotFound) {
 				t.Errorf("Stat after a failed commit: %v, want ErrNotFound", err)
 			}
-			if ents, _ := os.ReadDir(filepath.Join(dir, layout.IngestDir)); len(ents) > 0 {
+			if ents, _ := os.ReadDir(filepath.Join(dir, layoutfs.IngestDir)); len(ents) > 0 {
 				t.Errorf("ingest/ holds %d files after the failed commit", len(ents))
 			}
 		})

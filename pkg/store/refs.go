@@ -6,17 +6,19 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/diskerr"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 )
 
-// RefAnnotation is the annotation of index.json entries that holds the
+// refAnnotation is the annotation of index.json entries that holds the
 // reference an image was warmed under, as the OCI image layout defines it.
 // crane, skopeo (oci:DIR:REF) and ggcr's layout package read it.
-const RefAnnotation = ocispec.AnnotationRefName
+const refAnnotation = ocispec.AnnotationRefName
 
 // Refs returns the entries of index.json that carry a ref name, in file
 // order. It takes no lock.
-func (s *Store) Refs(ctx context.Context) ([]ocispec.Descriptor, error) {
+func (s *Store) Refs(ctx context.Context) (refs []ocispec.Descriptor, err error) {
+	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -26,7 +28,7 @@ func (s *Store) Refs(ctx context.Context) ([]ocispec.Descriptor, error) {
 	}
 	var out []ocispec.Descriptor
 	for _, m := range idx.Manifests {
-		if m.Annotations[RefAnnotation] != "" {
+		if m.Annotations[refAnnotation] != "" {
 			out = append(out, m)
 		}
 	}
@@ -35,13 +37,14 @@ func (s *Store) Refs(ctx context.Context) ([]ocispec.Descriptor, error) {
 
 // Resolve returns the descriptor recorded for the ref name, or an error
 // wrapping ErrNotFound. It does not check that the blob is still stored.
-func (s *Store) Resolve(ctx context.Context, name string) (ocispec.Descriptor, error) {
+func (s *Store) Resolve(ctx context.Context, name string) (desc ocispec.Descriptor, err error) {
+	defer diskerr.MarkAt(&err)
 	refs, err := s.Refs(ctx)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	for _, m := range refs {
-		if m.Annotations[RefAnnotation] == name {
+		if m.Annotations[refAnnotation] == name {
 			return m, nil
 		}
 	}
@@ -53,25 +56,26 @@ func (s *Store) Resolve(ctx context.Context, name string) (ocispec.Descriptor, e
 // their entry: the rewrite happens under the index lock. A descriptor whose
 // digest does not validate gives ErrInvalidDigest and leaves index.json as
 // it was.
-func (s *Store) Tag(ctx context.Context, name string, desc ocispec.Descriptor) error {
+func (s *Store) Tag(ctx context.Context, name string, desc ocispec.Descriptor) (err error) {
+	defer diskerr.MarkAt(&err)
 	if name == "" {
 		return fmt.Errorf("tag %s: empty ref name", desc.Digest)
 	}
 	// ReadIndex refuses an index holding an invalid digest (ErrBadIndex),
 	// and the next UpdateIndex would replace it, losing every other ref.
-	if err := layout.Validate(desc.Digest); err != nil {
+	if err := layoutfs.Validate(desc.Digest); err != nil {
 		return fmt.Errorf("tag %s: %w", name, err)
 	}
 	ann := map[string]string{}
 	for k, v := range desc.Annotations {
 		ann[k] = v
 	}
-	ann[RefAnnotation] = name
+	ann[refAnnotation] = name
 	desc.Annotations = ann
 	return s.path.UpdateIndex(ctx, func(idx *ocispec.Index) error {
 		kept := idx.Manifests[:0]
 		for _, m := range idx.Manifests {
-			if m.Annotations[RefAnnotation] != name {
+			if m.Annotations[refAnnotation] != name {
 				kept = append(kept, m)
 			}
 		}
@@ -82,7 +86,8 @@ func (s *Store) Tag(ctx context.Context, name string, desc ocispec.Descriptor) e
 
 // Untag removes the entries of the given ref names from index.json. Names
 // that are not there are ignored.
-func (s *Store) Untag(ctx context.Context, names ...string) error {
+func (s *Store) Untag(ctx context.Context, names ...string) (err error) {
+	defer diskerr.MarkAt(&err)
 	drop := map[string]bool{}
 	for _, n := range names {
 		drop[n] = true
@@ -90,7 +95,7 @@ func (s *Store) Untag(ctx context.Context, names ...string) error {
 	return s.path.UpdateIndex(ctx, func(idx *ocispec.Index) error {
 		kept := idx.Manifests[:0]
 		for _, m := range idx.Manifests {
-			if !drop[m.Annotations[RefAnnotation]] {
+			if !drop[m.Annotations[refAnnotation]] {
 				kept = append(kept, m)
 			}
 		}

@@ -19,7 +19,8 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -39,7 +40,7 @@ func refNames(t *testing.T, s *store.Store) []string {
 	}
 	var names []string
 	for _, r := range refs {
-		names = append(names, r.Annotations[store.RefAnnotation])
+		names = append(names, r.Annotations[ocispec.AnnotationRefName])
 	}
 	return names
 }
@@ -59,7 +60,7 @@ func TestRefs(t *testing.T) {
 	if err := s.Tag(ctx, "example.com/app:v1", v1desc); err != nil {
 		t.Fatalf("Tag: %v", err)
 	}
-	if _, ok := v1desc.Annotations[store.RefAnnotation]; ok {
+	if _, ok := v1desc.Annotations[ocispec.AnnotationRefName]; ok {
 		t.Error("Tag changed the caller's annotations map")
 	}
 	if err := s.Tag(ctx, "example.com/app:v2", manifestDesc("manifest v2")); err != nil {
@@ -75,7 +76,7 @@ func TestRefs(t *testing.T) {
 	if got.Digest != v1desc.Digest || got.Size != v1desc.Size || got.MediaType != v1desc.MediaType {
 		t.Errorf("Resolve: got %+v, want %+v", got, v1desc)
 	}
-	if got.Annotations["org.example.keep"] != "yes" || got.Annotations[store.RefAnnotation] != "example.com/app:v1" {
+	if got.Annotations["org.example.keep"] != "yes" || got.Annotations[ocispec.AnnotationRefName] != "example.com/app:v1" {
 		t.Errorf("Resolve annotations: got %v, want the caller's plus the ref name", got.Annotations)
 	}
 
@@ -122,7 +123,7 @@ func TestTag_Refused(t *testing.T) {
 			if err := s.Tag(ctx, "example.com/kept:1", manifestDesc("kept")); err != nil {
 				t.Fatal(err)
 			}
-			before, err := os.ReadFile(s.Layout().Join(layout.IndexFile))
+			before, err := os.ReadFile(layoutfs.Path(s.Dir()).Join(layoutfs.IndexFile))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -130,7 +131,7 @@ func TestTag_Refused(t *testing.T) {
 			if err == nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
 				t.Errorf("Tag: got %v, want %v", err, tc.wantErr)
 			}
-			after, err := os.ReadFile(s.Layout().Join(layout.IndexFile))
+			after, err := os.ReadFile(layoutfs.Path(s.Dir()).Join(layoutfs.IndexFile))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -147,7 +148,7 @@ func TestTag_Refused(t *testing.T) {
 func TestRefs_SkipsUnnamedEntries(t *testing.T) {
 	s := mustOpen(t, t.TempDir())
 	ctx := context.Background()
-	err := s.Layout().UpdateIndex(ctx, func(idx *ocispec.Index) error {
+	err := layoutfs.Path(s.Dir()).UpdateIndex(ctx, func(idx *ocispec.Index) error {
 		idx.Manifests = append(idx.Manifests, manifestDesc("unnamed, written by another tool"))
 		return nil
 	})
@@ -164,7 +165,7 @@ func TestRefs_SkipsUnnamedEntries(t *testing.T) {
 	if err := s.Untag(ctx, "named"); err != nil {
 		t.Fatal(err)
 	}
-	idx, err := s.Layout().ReadIndex()
+	idx, err := layoutfs.Path(s.Dir()).ReadIndex()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,11 +177,11 @@ func TestRefs_SkipsUnnamedEntries(t *testing.T) {
 func TestRefs_BadIndex(t *testing.T) {
 	s := mustOpen(t, t.TempDir())
 	ctx := context.Background()
-	writeFile(t, s.Layout().Join(layout.IndexFile), `{"schemaVersion":2,"manifests":[`)
-	if _, err := s.Refs(ctx); !errors.Is(err, layout.ErrBadIndex) {
+	testutil.WriteFile(t, layoutfs.Path(s.Dir()).Join(layoutfs.IndexFile), `{"schemaVersion":2,"manifests":[`)
+	if _, err := s.Refs(ctx); !errors.Is(err, layoutfs.ErrBadIndex) {
 		t.Errorf("Refs: got %v, want ErrBadIndex", err)
 	}
-	if _, err := s.Resolve(ctx, "x"); !errors.Is(err, layout.ErrBadIndex) {
+	if _, err := s.Resolve(ctx, "x"); !errors.Is(err, layoutfs.ErrBadIndex) {
 		t.Errorf("Resolve: got %v, want ErrBadIndex", err)
 	}
 	// A Tag replaces the unreadable index.

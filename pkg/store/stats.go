@@ -6,6 +6,8 @@ import (
 	"maps"
 	"sync"
 	"time"
+
+	"github.com/ocibuild/layercache/internal/diskerr"
 )
 
 // Stats are the counters that pulls add to, kept beside the blobs so that
@@ -69,7 +71,8 @@ type counting struct {
 // counted (Count) and has not written yet. A cache with none gives zero
 // counters. An unreadable stats file gives zero counters too: they are
 // advice, not data.
-func (s *Store) Stats(ctx context.Context) (Stats, error) {
+func (s *Store) Stats(ctx context.Context) (st Stats, err error) {
+	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return Stats{}, err
 	}
@@ -79,7 +82,6 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	var st Stats
 	if len(b) > 0 && json.Unmarshal(b, &st) != nil {
 		st = Stats{}
 	}
@@ -92,7 +94,8 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 // AddStats adds delta's counters to the recorded ones at once, atomically
 // across processes. A read-only cache gives an error the caller may
 // ignore.
-func (s *Store) AddStats(ctx context.Context, delta Stats) error {
+func (s *Store) AddStats(ctx context.Context, delta Stats) (err error) {
+	defer diskerr.MarkAt(&err)
 	return s.path.UpdateStats(ctx, func(old []byte) ([]byte, error) {
 		var st Stats
 		if len(old) > 0 && json.Unmarshal(old, &st) != nil {
@@ -154,7 +157,8 @@ func (s *Store) Close() error {
 
 // ResetStats clears the counters, with those counted in this process and
 // not written yet.
-func (s *Store) ResetStats(ctx context.Context) error {
+func (s *Store) ResetStats(ctx context.Context) (err error) {
+	defer diskerr.MarkAt(&err)
 	c := &s.counts
 	c.write.Lock()
 	defer c.write.Unlock()

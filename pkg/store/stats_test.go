@@ -8,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -57,7 +58,7 @@ func TestStats(t *testing.T) {
 func TestStats_Garbage(t *testing.T) {
 	s := mustOpen(t, t.TempDir())
 	ctx := context.Background()
-	writeFile(t, s.Layout().Join(layout.StatsFile), "{not json")
+	testutil.WriteFile(t, layoutfs.Path(s.Dir()).Join(layoutfs.StatsFile), "{not json")
 	if st, err := s.Stats(ctx); err != nil || !reflect.DeepEqual(st, store.Stats{}) {
 		t.Errorf("Stats of a garbage file: got (%+v, %v), want zero counters, no error (they are advice)", st, err)
 	}

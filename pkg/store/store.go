@@ -37,8 +37,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocibuild/layercache/internal/diskerr"
 	"github.com/ocibuild/layercache/internal/faultpoint"
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 )
 
 // sweepAge is how old a file in ingest/ must be before Open or Clear
@@ -54,7 +55,7 @@ const lastUseInterval = time.Hour
 
 // Store is a verified, content-addressed blob store in one directory.
 type Store struct {
-	path    layout.Path
+	path    layoutfs.Path
 	durable bool
 	log     *slog.Logger
 	now     func() time.Time
@@ -76,37 +77,40 @@ type Info struct {
 // is a file, or a non-empty directory that is not a layout (say $HOME by
 // mistake), is refused with an error wrapping ErrNotLayout. A layout on a
 // read-only file system opens fine: reads work, writes fail with an error
-// for which layout.IsReadOnly is true.
+// wrapping ErrReadOnly.
 //
 // Open sweeps ingest/ of temp files older than an hour that crashed writers
 // left behind, and rebuilds an index.json that is not a valid OCI image
-// index from the blobs, with a warning (see layout.Path.RepairIndex).
-func Open(dir string, opts ...Option) (*Store, error) {
+// index from the blobs, with a warning: the bad file is kept as
+// index.json.corrupt, and the stored images are listed again without their
+// ref names.
+func Open(dir string, opts ...Option) (s *Store, err error) {
+	defer diskerr.MarkAt(&err)
 	o, err := makeOptions(opts)
 	if err != nil {
 		return nil, err
 	}
-	p, err := layout.Create(dir)
+	p, err := layoutfs.Create(dir)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{path: p, durable: o.durable, log: o.logger, now: o.now}
-	if _, err := p.ReadIndex(); errors.Is(err, layout.ErrBadIndex) {
+	s = &Store{path: p, durable: o.durable, log: o.logger, now: o.now}
+	if _, err := p.ReadIndex(); errors.Is(err, layoutfs.ErrBadIndex) {
 		// Reported here, where there is a logger; layout keeps the bad
 		// file as index.json.corrupt and lists what the blobs hold.
 		if rebuilt, n, rerr := p.RepairIndex(context.Background()); rerr != nil {
 			s.log.Warn("index.json is not a valid OCI image index and cannot be rebuilt; refs will not resolve offline",
-				"path", p.Join(layout.IndexFile), "err", err, "rebuild", rerr)
+				"path", p.Join(layoutfs.IndexFile), "err", err, "rebuild", rerr)
 		} else if rebuilt {
-			s.log.Warn("index.json was not a valid OCI image index; kept it as "+layout.CorruptIndexFile+
+			s.log.Warn("index.json was not a valid OCI image index; kept it as "+layoutfs.CorruptIndexFile+
 				" and rebuilt it from the blobs, without ref names (warm the images again to name them)",
-				"path", p.Join(layout.IndexFile), "err", err, "images", n)
+				"path", p.Join(layoutfs.IndexFile), "err", err, "images", n)
 		}
 	}
 	if n, err := p.Sweep(context.Background(), s.now().Add(-sweepAge)); err != nil {
 		s.log.Debug("sweeping ingest", "err", err)
 	} else if n > 0 {
-		s.log.Debug("swept stale files from ingest", "count", n, "dir", p.Join(layout.IngestDir))
+		s.log.Debug("swept stale files from ingest", "count", n, "dir", p.Join(layoutfs.IngestDir))
 	}
 	return s, nil
 }
@@ -114,13 +118,17 @@ func Open(dir string, opts ...Option) (*Store, error) {
 // Dir returns the absolute directory of the store.
 func (s *Store) Dir() string { return string(s.path) }
 
-// Layout returns the layout the store lives in.
-func (s *Store) Layout() layout.Path { return s.path }
-
-// Stat returns the size and last use of a stored blob without reading it.
-// A missing blob gives ErrNotFound; an entry that is not a regular file
-// (a directory or a symlink planted at the blob's name) gives ErrCorrupted.
-func (s *Store) Stat(ctx context.Context, d digest.Digest) (Info, error) {
+// Stat returns the size and last use of a stored blob without reading it,
+// or, with VerifyFirst, after hashing it: then a blob whose bytes do not
+// match gives ErrCorrupted. Stat never changes the store: it neither
+// refreshes the last use nor removes a corrupted blob. A missing blob gives
+// ErrNotFound; an entry that is not a regular file (a directory or a
+// symlink planted at the blob's name) gives ErrCorrupted.
+func (s *Store) Stat(ctx context.Context, d digest.Digest, opts ...ReadOption) (info Info, err error) {
+	defer diskerr.MarkAt(&err)
+	if makeReadOptions(opts).verifyFirst {
+		return s.verify(ctx, d)
+	}
 	if err := ctx.Err(); err != nil {
 		return Info{}, err
 	}
@@ -140,7 +148,8 @@ func (s *Store) Stat(ctx context.Context, d digest.Digest) (Info, error) {
 
 // Delete removes a blob. A missing blob gives ErrNotFound. A reader that
 // has the blob open keeps reading it.
-func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
+func (s *Store) Delete(ctx context.Context, d digest.Digest) (err error) {
+	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -172,17 +181,18 @@ func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
 // which readers of refs already handle: Resolve does not look at blobs,
 // `layercache images` shows the image as incomplete, and a pull fetches
 // what is missing.
-func (s *Store) Clear(ctx context.Context) error {
-	if blobs := s.path.Join(layout.BlobsDir); layout.CheckDir(blobs) != nil {
+func (s *Store) Clear(ctx context.Context) (err error) {
+	defer diskerr.MarkAt(&err)
+	if blobs := s.path.Join(layoutfs.BlobsDir); layoutfs.CheckDir(blobs) != nil {
 		// A symlink planted at blobs/: remove the link, never what it
 		// points at. Nothing below it is ours.
 		if err := os.Remove(blobs); err != nil {
 			return fmt.Errorf("clearing %s: %w", blobs, err)
 		}
 	}
-	for _, alg := range layout.Algorithms {
+	for _, alg := range layoutfs.Algorithms {
 		dir := s.path.AlgorithmDir(alg)
-		if layout.CheckDir(dir) != nil {
+		if layoutfs.CheckDir(dir) != nil {
 			// A symlink planted at blobs/<alg>: remove the link, never
 			// what it points at.
 			if err := os.Remove(dir); err != nil {
@@ -201,7 +211,7 @@ func (s *Store) Clear(ctx context.Context) error {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			if _, err := layout.ParseBlobName(alg, e.Name()); err != nil {
+			if _, err := layoutfs.ParseBlobName(alg, e.Name()); err != nil {
 				continue // not a blob's name: not ours to remove
 			}
 			if err := os.RemoveAll(dir + string(os.PathSeparator) + e.Name()); err != nil {
@@ -228,8 +238,8 @@ func (s *Store) blobPath(d digest.Digest) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	for _, dir := range []string{s.path.Join(layout.BlobsDir), s.path.AlgorithmDir(d.Algorithm())} {
-		if err := layout.CheckDir(dir); err != nil {
+	for _, dir := range []string{s.path.Join(layoutfs.BlobsDir), s.path.AlgorithmDir(d.Algorithm())} {
+		if err := layoutfs.CheckDir(dir); err != nil {
 			return "", fmt.Errorf("blob %s: %w", d, err)
 		}
 	}

@@ -17,7 +17,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/pkg/store"
 )
 
@@ -37,25 +38,6 @@ func mustPut(t *testing.T, s *store.Store, data []byte) digest.Digest {
 		t.Fatalf("Put: %v", err)
 	}
 	return d
-}
-
-func writeFile(t *testing.T, path, content string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func exists(t *testing.T, path string) bool {
-	t.Helper()
-	_, err := os.Lstat(path)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		t.Fatal(err)
-	}
-	return err == nil
 }
 
 func setAge(t *testing.T, path string, age time.Duration) {
@@ -91,15 +73,15 @@ func TestOpen_Refused(t *testing.T) {
 		reason string
 	}{
 		{func(t *testing.T, dir string) string {
-			writeFile(t, filepath.Join(dir, "go.mod"), "module example.com/me\n")
+			testutil.WriteFile(t, filepath.Join(dir, "go.mod"), "module example.com/me\n")
 			return dir
 		}, "a project directory, not a cache"},
 		{func(t *testing.T, dir string) string {
-			writeFile(t, filepath.Join(dir, "cache"), "a file")
+			testutil.WriteFile(t, filepath.Join(dir, "cache"), "a file")
 			return filepath.Join(dir, "cache")
 		}, "a file"},
 		{func(t *testing.T, dir string) string {
-			writeFile(t, filepath.Join(dir, layout.LayoutFile), "{")
+			testutil.WriteFile(t, filepath.Join(dir, layoutfs.LayoutFile), "{")
 			return dir
 		}, "an oci-layout that is not JSON"},
 	}
@@ -125,11 +107,11 @@ func TestOpen_Refused(t *testing.T) {
 func TestOpen_CreatesAndReuses(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "_build", "ocibuild_cache")
 	s := mustOpen(t, dir)
-	if s.Dir() != dir || s.Layout().String() != dir {
-		t.Errorf("Dir: got %q and %q, want %q", s.Dir(), s.Layout(), dir)
+	if s.Dir() != dir || layoutfs.Path(s.Dir()).String() != dir {
+		t.Errorf("Dir: got %q and %q, want %q", s.Dir(), layoutfs.Path(s.Dir()), dir)
 	}
-	for _, name := range []string{layout.LayoutFile, layout.IndexFile, layout.BlobsDir, layout.IngestDir} {
-		if !exists(t, filepath.Join(dir, name)) {
+	for _, name := range []string{layoutfs.LayoutFile, layoutfs.IndexFile, layoutfs.BlobsDir, layoutfs.IngestDir} {
+		if !testutil.Exists(t, filepath.Join(dir, name)) {
 			t.Errorf("%s missing after Open", name)
 		}
 	}
@@ -146,14 +128,14 @@ func TestOpen_CreatesAndReuses(t *testing.T) {
 func TestOpen_SweepsStaleFiles(t *testing.T) {
 	dir := t.TempDir()
 	s := mustOpen(t, dir)
-	ingest := s.Layout().Join(layout.IngestDir)
+	ingest := layoutfs.Path(s.Dir()).Join(layoutfs.IngestDir)
 	unheld := digest.FromString("unheld")
-	l, err := s.Layout().LockBlob(context.Background(), unheld)
+	l, err := layoutfs.Path(s.Dir()).LockBlob(context.Background(), unheld)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.Unlock()
-	if err := s.Layout().UpdateIndex(context.Background(), func(*ocispec.Index) error { return nil }); err != nil {
+	if err := layoutfs.Path(s.Dir()).UpdateIndex(context.Background(), func(*ocispec.Index) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	files := []struct {
@@ -166,18 +148,18 @@ func TestOpen_SweepsStaleFiles(t *testing.T) {
 		{"blob-hour.tmp", time.Hour + time.Minute, false, "just over an hour old"},
 		{"blob-young.tmp", 10 * time.Minute, true, "temp file of a live writer"},
 		{"sha256-" + unheld.Encoded() + ".lock", 2 * time.Hour, false, "old lock file nobody holds"},
-		{layout.IndexFile + ".lock", 2 * time.Hour, true, "the index lock is never removed"},
+		{layoutfs.IndexFile + ".lock", 2 * time.Hour, true, "the index lock is never removed"},
 	}
 	for _, f := range files {
 		path := filepath.Join(ingest, f.name)
-		if !exists(t, path) {
-			writeFile(t, path, "x")
+		if !testutil.Exists(t, path) {
+			testutil.WriteFile(t, path, "x")
 		}
 		setAge(t, path, f.age)
 	}
 	mustOpen(t, dir)
 	for _, f := range files {
-		if got := exists(t, filepath.Join(ingest, f.name)); got != f.kept {
+		if got := testutil.Exists(t, filepath.Join(ingest, f.name)); got != f.kept {
 			t.Errorf("%s (%s): exists after Open = %v, want %v", f.name, f.reason, got, f.kept)
 		}
 	}
@@ -185,11 +167,11 @@ func TestOpen_SweepsStaleFiles(t *testing.T) {
 
 func TestErrors_AreLayoutValues(t *testing.T) {
 	// errors.Is works across the layers because they are the same values.
-	if store.ErrInvalidDigest != layout.ErrInvalidDigest {
-		t.Error("store.ErrInvalidDigest is not layout.ErrInvalidDigest")
+	if store.ErrInvalidDigest != layoutfs.ErrInvalidDigest {
+		t.Error("store.ErrInvalidDigest is not layoutfs.ErrInvalidDigest")
 	}
-	if store.ErrNotLayout != layout.ErrNotLayout {
-		t.Error("store.ErrNotLayout is not layout.ErrNotLayout")
+	if store.ErrNotLayout != layoutfs.ErrNotLayout {
+		t.Error("store.ErrNotLayout is not layoutfs.ErrNotLayout")
 	}
 	sentinels := []error{store.ErrNotFound, store.ErrCorrupted, store.ErrInvalidDigest, store.ErrDigestMismatch, store.ErrNotLayout}
 	for i, a := range sentinels {
@@ -205,11 +187,11 @@ func TestErrors_NameDigestAndPath(t *testing.T) {
 	s := mustOpen(t, t.TempDir())
 	ctx := context.Background()
 	d := mustPut(t, s, []byte("blob"))
-	path, _ := s.Layout().BlobPath(d)
+	path, _ := layoutfs.Path(s.Dir()).BlobPath(d)
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, path, "blub")
+	testutil.WriteFile(t, path, "blub")
 	_, err := s.Get(ctx, d)
 	if !errors.Is(err, store.ErrCorrupted) || !strings.Contains(err.Error(), string(d)) || !strings.Contains(err.Error(), path) {
 		t.Errorf("Get of a corrupted blob: got %q, want ErrCorrupted naming %s and %s", err, d, path)
@@ -226,9 +208,9 @@ func TestWithLogger(t *testing.T) {
 	dir := t.TempDir()
 	s := mustOpen(t, dir, store.WithLogger(logger))
 	d := mustPut(t, s, []byte("blob"))
-	path, _ := s.Layout().BlobPath(d)
+	path, _ := layoutfs.Path(s.Dir()).BlobPath(d)
 	os.Remove(path)
-	writeFile(t, path, "blub")
+	testutil.WriteFile(t, path, "blub")
 	if _, err := s.Get(context.Background(), d); !errors.Is(err, store.ErrCorrupted) {
 		t.Fatalf("Get: got %v, want ErrCorrupted", err)
 	}
@@ -238,8 +220,8 @@ func TestWithLogger(t *testing.T) {
 
 	// Sweeps are reported too.
 	buf.Reset()
-	stale := s.Layout().Join(layout.IngestDir, "blob-stale.tmp")
-	writeFile(t, stale, "x")
+	stale := layoutfs.Path(s.Dir()).Join(layoutfs.IngestDir, "blob-stale.tmp")
+	testutil.WriteFile(t, stale, "x")
 	setAge(t, stale, 2*time.Hour)
 	mustOpen(t, dir, store.WithLogger(logger))
 	if !strings.Contains(buf.String(), "swept") {
@@ -264,6 +246,7 @@ func TestDependencies(t *testing.T) {
 	}
 	out, err := exec.Command(goTool, "list", "-deps",
 		"github.com/ocibuild/layercache/layout",
+		"github.com/ocibuild/layercache/internal/layoutfs",
 		"github.com/ocibuild/layercache/pkg/store",
 	).CombinedOutput()
 	if err != nil {

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 )
 
 // TestClear_SweepsByClock checks Clear's sweep against the store's clock:
@@ -26,7 +26,7 @@ func TestClear_SweepsByClock(t *testing.T) {
 		{"blob-c.tmp", 0, true, "brand new"},
 	}
 	for _, f := range files {
-		path := s.path.Join(layout.IngestDir, f.name)
+		path := s.path.Join(layoutfs.IngestDir, f.name)
 		if err := os.WriteFile(path, []byte("litter"), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -39,7 +39,7 @@ func TestClear_SweepsByClock(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range files {
-		_, err := os.Stat(s.path.Join(layout.IngestDir, f.name))
+		_, err := os.Stat(s.path.Join(layoutfs.IngestDir, f.name))
 		if got := err == nil; got != f.kept || err != nil && !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("%s (%s): exists after Clear = %v (%v), want %v", f.name, f.reason, got, err, f.kept)
 		}

@@ -10,7 +10,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/diskerr"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 )
 
 // Walk calls fn for every blob in the store, sha256 first, then sha512, in
@@ -21,13 +22,14 @@ import (
 // Walk stops at the first error of fn, which it returns, and checks ctx
 // between blobs. Blobs added or removed during the walk may or may not be
 // visited.
-func (s *Store) Walk(ctx context.Context, fn func(Info) error) error {
-	if layout.CheckDir(s.path.Join(layout.BlobsDir)) != nil {
+func (s *Store) Walk(ctx context.Context, fn func(Info) error) (err error) {
+	defer diskerr.MarkAt(&err)
+	if layoutfs.CheckDir(s.path.Join(layoutfs.BlobsDir)) != nil {
 		return nil // a planted symlink holds no blob of ours
 	}
-	for _, alg := range layout.Algorithms {
+	for _, alg := range layoutfs.Algorithms {
 		dir := s.path.AlgorithmDir(alg)
-		if layout.CheckDir(dir) != nil {
+		if layoutfs.CheckDir(dir) != nil {
 			continue // a planted symlink holds no blob of ours
 		}
 		f, err := os.Open(dir)
@@ -54,7 +56,7 @@ func walkDir(ctx context.Context, f *os.File, alg digest.Algorithm, fn func(Info
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			d, perr := layout.ParseBlobName(alg, e.Name())
+			d, perr := layoutfs.ParseBlobName(alg, e.Name())
 			if perr != nil {
 				continue
 			}

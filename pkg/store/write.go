@@ -8,18 +8,20 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"syscall"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocibuild/layercache/internal/diskerr"
 	"github.com/ocibuild/layercache/internal/faultpoint"
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/fsutil"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 )
 
 // Put stores the data read from r and returns its sha256 digest, computed
 // from the data and never taken from the caller. It streams: memory does not
 // grow with the blob. Storing bytes that are already stored succeeds.
-func (s *Store) Put(ctx context.Context, r io.Reader) (digest.Digest, error) {
+func (s *Store) Put(ctx context.Context, r io.Reader) (d digest.Digest, err error) {
+	defer diskerr.MarkAt(&err)
 	w, err := s.NewWriter(ctx, "", -1)
 	if err != nil {
 		return "", err
@@ -36,8 +38,9 @@ func (s *Store) Put(ctx context.Context, r io.Reader) (digest.Digest, error) {
 // error wrapping ErrDigestMismatch and commits nothing. If the store already
 // holds a blob named d of that size, PutVerified returns at once without
 // reading r.
-func (s *Store) PutVerified(ctx context.Context, d digest.Digest, size int64, r io.Reader) error {
-	if err := layout.Validate(d); err != nil {
+func (s *Store) PutVerified(ctx context.Context, d digest.Digest, size int64, r io.Reader) (err error) {
+	defer diskerr.MarkAt(&err)
+	if err := layoutfs.Validate(d); err != nil {
 		return err
 	}
 	if size >= 0 {
@@ -107,13 +110,14 @@ type Writer struct {
 // NewWriter starts writing a blob. expected is the digest the data must
 // have, or "" to compute a sha256 digest from the data; size is the
 // expected length, or -1 if unknown. The caller must call Commit or Close.
-func (s *Store) NewWriter(ctx context.Context, expected digest.Digest, size int64) (*Writer, error) {
+func (s *Store) NewWriter(ctx context.Context, expected digest.Digest, size int64) (w *Writer, err error) {
+	defer diskerr.MarkAt(&err)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	alg := digest.SHA256
 	if expected != "" {
-		if err := layout.Validate(expected); err != nil {
+		if err := layoutfs.Validate(expected); err != nil {
 			return nil, err
 		}
 		alg = expected.Algorithm()
@@ -135,7 +139,8 @@ func (s *Store) NewWriter(ctx context.Context, expected digest.Digest, size int6
 // what it is given and returns that error every time: Commit will fail,
 // but Digest still tells a caller that streams the same bytes elsewhere
 // whether they were right, with no second hash.
-func (w *Writer) Write(p []byte) (int, error) {
+func (w *Writer) Write(p []byte) (n int, err error) {
+	defer diskerr.MarkAt(&err)
 	if w.done {
 		return 0, errors.New("write to a committed or closed blob writer")
 	}
@@ -153,7 +158,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 	}
 	// The file write happens in the pipe's goroutine, overlapping the
 	// hash below; its error surfaces on a later Write or in Commit.
-	err := w.out.Write(p)
+	err = w.out.Write(p)
 	w.h.Write(p)
 	w.n += int64(len(p))
 	faultpoint.HitBytes("blob:bytes", w.n)
@@ -175,7 +180,8 @@ func (w *Writer) Write(p []byte) (int, error) {
 // more than the expected size, or an earlier failure to write the temp
 // file. The bytes counted in its result were hashed, as Write's are; after
 // a write error, go on with Write, which keeps hashing.
-func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+func (w *Writer) ReadFrom(r io.Reader) (n int64, err error) {
+	defer diskerr.MarkAt(&err)
 	if w.done {
 		return 0, errors.New("write to a committed or closed blob writer")
 	}
@@ -220,21 +226,16 @@ func (w *Writer) overflow() error {
 	return fmt.Errorf("blob %s: %w: more than the expected %d bytes", w.expected, ErrDigestMismatch, w.size)
 }
 
-// writeError wraps an error of writing the temp file.
+// writeError wraps an error of writing the temp file, marked with
+// ErrReadOnly or ErrNoSpace where it is one of those.
 func (w *Writer) writeError(err error) error {
 	// err is an *os.PathError: it names the temp file already.
-	if isNoSpace(err) {
+	if errors.Is(diskerr.Mark(err), ErrNoSpace) {
 		// Say it in words: EFBIG (a file size limit) reads "file too
 		// large", which does not tell a user what to free.
-		return fmt.Errorf("writing blob: disk full: %w", err)
+		return diskerr.Mark(fmt.Errorf("writing blob: disk full: %w", err))
 	}
-	return fmt.Errorf("writing blob: %w", err)
-}
-
-// isNoSpace reports whether err means the disk (or the process's file
-// size limit) has no room for the blob.
-func isNoSpace(err error) bool {
-	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EFBIG)
+	return diskerr.Mark(fmt.Errorf("writing blob: %w", err))
 }
 
 // Size returns how many bytes were written so far.
@@ -247,7 +248,8 @@ func (w *Writer) Digest() digest.Digest { return digest.NewDigest(w.alg, w.h) }
 // had the expected size, and returns its digest. It always closes the
 // writer, even on error; on error nothing is published and the temp file
 // is removed.
-func (w *Writer) Commit() (digest.Digest, error) {
+func (w *Writer) Commit() (d digest.Digest, err error) {
+	defer diskerr.MarkAt(&err)
 	if w.done {
 		return "", errors.New("commit of a committed or closed blob writer")
 	}
@@ -312,7 +314,7 @@ func (w *Writer) Commit() (digest.Digest, error) {
 	faultpoint.Hit("blob:after-rename")
 	if w.s.durable {
 		faultpoint.Hit("blob:before-dirsync")
-		if err := layout.SyncDir(dir); err != nil {
+		if err := fsutil.SyncDir(dir); err != nil {
 			return "", fmt.Errorf("blob %s: %w", name, err)
 		}
 	}
@@ -323,7 +325,8 @@ func (w *Writer) Commit() (digest.Digest, error) {
 // removed and nothing is published. A partial Writer's file (OpenPartial)
 // is kept instead, for the next writer of the blob to resume. It is safe
 // to call after Commit.
-func (w *Writer) Close() error {
+func (w *Writer) Close() (err error) {
+	defer diskerr.MarkAt(&err)
 	if w.done {
 		return nil
 	}

@@ -98,11 +98,11 @@ func runOp(args []string) (torture.Result, error) {
 		if err != nil {
 			return res, err
 		}
-		get := s.Get
+		var opts []store.ReadOption
 		if *op == torture.OpInspect {
-			get = s.Inspect
+			opts = append(opts, store.Inspect)
 		}
-		b, err := get(ctx, d)
+		b, err := s.Get(ctx, d, opts...)
 		if err != nil {
 			return res, err
 		}

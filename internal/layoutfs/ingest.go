@@ -1,4 +1,4 @@
-package layout
+package layoutfs
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ocibuild/layercache/internal/fsutil"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -97,7 +98,7 @@ func (p Path) OpenPartial(d digest.Digest) (*os.File, error) {
 		return nil, fmt.Errorf("partial download of %s: %w", d, err)
 	}
 	path := filepath.Join(dir, string(d.Algorithm())+"-"+d.Encoded()+partialSuffix)
-	f, err := openRegular(path, os.O_RDWR|os.O_CREATE|os.O_APPEND)
+	f, err := fsutil.OpenRegular(path, os.O_RDWR|os.O_CREATE|os.O_APPEND)
 	if err != nil {
 		return nil, fmt.Errorf("partial download of %s: %w", d, err)
 	}
@@ -196,7 +197,7 @@ func (p Path) lock(ctx context.Context, name string) (*Lock, error) {
 }
 
 // openLockFile opens the lock file at path, creating it if it is missing.
-// It opens only a regular file (openRegular: never through a symlink,
+// It opens only a regular file (fsutil.OpenRegular: never through a symlink,
 // which would make the lock create or open a file outside the cache, and
 // never a FIFO, which would block). Anything else at the name is not a
 // lock file anybody can hold, since no lock is ever taken on one, so it is
@@ -204,15 +205,15 @@ func (p Path) lock(ctx context.Context, name string) (*Lock, error) {
 func (p Path) openLockFile(ctx context.Context, path string) (*os.File, error) {
 	const tries = 3
 	for range tries {
-		f, err := openRegular(path, os.O_RDONLY|os.O_CREATE)
-		if !errors.Is(err, errNotRegular) {
+		f, err := fsutil.OpenRegular(path, os.O_RDONLY|os.O_CREATE)
+		if !errors.Is(err, fsutil.ErrNotRegular) {
 			return f, err
 		}
 		if err := p.replaceNonRegular(ctx, path); err != nil {
 			return nil, err
 		}
 	}
-	return nil, fmt.Errorf("%s: %w: something else stood there again after each of %d replacements", path, errNotRegular, tries)
+	return nil, fmt.Errorf("%s: %w: something else stood there again after each of %d replacements", path, fsutil.ErrNotRegular, tries)
 }
 
 // replaceNonRegular removes what stands at path, a lock file's name in
@@ -230,7 +231,7 @@ func (p Path) openLockFile(ctx context.Context, path string) (*os.File, error) {
 // processes that found the same FIFO remove it once between them, and
 // none of them removes the regular file that replaced it.
 func (p Path) replaceNonRegular(ctx context.Context, path string) error {
-	dir, err := openDir(p.Join(IngestDir), true)
+	dir, err := fsutil.OpenDir(p.Join(IngestDir), true)
 	if err != nil {
 		return err
 	}
@@ -253,7 +254,7 @@ func (p Path) replaceNonRegular(ctx context.Context, path string) error {
 		return nil
 	}
 	if err := syscall.Unlink(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("it is %s where a lock file belongs, and it cannot be removed: %w", kind(fi.Mode()), err)
+		return fmt.Errorf("it is %s where a lock file belongs, and it cannot be removed: %w", fsutil.Kind(fi.Mode()), err)
 	}
 	return nil
 }
@@ -318,7 +319,7 @@ func (p Path) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 	if err := CheckDir(dir); err != nil {
 		return 0, fmt.Errorf("sweeping: %w", err)
 	}
-	entries, err := readDir(dir, true)
+	entries, err := fsutil.ReadDir(dir, true)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
 	}
@@ -362,7 +363,7 @@ func (p Path) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 // download, never a wrong blob. Anything but a regular file at path (a
 // FIFO, a symlink) is left for lock to replace.
 func removeUnheldLock(path string) bool {
-	f, err := openRegular(path, os.O_RDONLY)
+	f, err := fsutil.OpenRegular(path, os.O_RDONLY)
 	if err != nil {
 		return false
 	}

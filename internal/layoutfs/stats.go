@@ -1,10 +1,12 @@
-package layout
+package layoutfs
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+
+	"github.com/ocibuild/layercache/internal/fsutil"
 )
 
 // StatsFile holds the hit and miss counters that pulls record. It is not
@@ -22,8 +24,8 @@ const maxStatsSize = 1 << 20
 // or anything else but a regular file at its name counts as no file: its
 // target is never read, and the next update replaces it.
 func (p Path) ReadStats() ([]byte, error) {
-	b, err := readSmallFile(p.Join(StatsFile), maxStatsSize)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotRegular) {
+	b, err := fsutil.ReadSmallFile(p.Join(StatsFile), maxStatsSize)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fsutil.ErrNotRegular) {
 		return nil, nil
 	}
 	if err != nil {

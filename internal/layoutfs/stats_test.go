@@ -1,4 +1,4 @@
-package layout_test
+package layoutfs_test
 
 import (
 	"bytes"
@@ -8,7 +8,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 )
 
 func TestReadStats_Missing(t *testing.T) {
@@ -37,7 +37,7 @@ func TestUpdateStats(t *testing.T) {
 	if b, err := p.ReadStats(); err != nil || string(b) != "second" {
 		t.Errorf("ReadStats: got (%q, %v), want %q", b, err, "second")
 	}
-	if fi, err := os.Stat(p.Join(layout.StatsFile)); err != nil || fi.Mode().Perm() != 0o644 {
+	if fi, err := os.Stat(p.Join(layoutfs.StatsFile)); err != nil || fi.Mode().Perm() != 0o644 {
 		t.Errorf("stats file: got %v, %v; want mode 0644", fi.Mode(), err)
 	}
 
@@ -49,12 +49,12 @@ func TestUpdateStats(t *testing.T) {
 	if b, _ := p.ReadStats(); string(b) != "second" {
 		t.Errorf("stats file after a failed fn: got %q, want %q", b, "second")
 	}
-	entries, err := os.ReadDir(p.Join(layout.IngestDir))
+	entries, err := os.ReadDir(p.Join(layoutfs.IngestDir))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if e.Name() != layout.StatsFile+".lock" {
+		if e.Name() != layoutfs.StatsFile+".lock" {
 			t.Errorf("ingest/ holds %s after UpdateStats, want only the stats lock", e.Name())
 		}
 	}

@@ -1,4 +1,4 @@
-package layout_test
+package layoutfs_test
 
 import (
 	"context"
@@ -14,22 +14,23 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
+	"github.com/ocibuild/layercache/internal/testutil"
 )
 
 const wantLayoutFile = `{"imageLayoutVersion":"1.0.0"}`
 
 // assertLayout fails the test unless p holds a complete layout.
-func assertLayout(t *testing.T, p layout.Path) {
+func assertLayout(t *testing.T, p layoutfs.Path) {
 	t.Helper()
-	b, err := os.ReadFile(p.Join(layout.LayoutFile))
+	b, err := os.ReadFile(p.Join(layoutfs.LayoutFile))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if string(b) != wantLayoutFile {
 		t.Errorf("oci-layout: got %q, want %q", b, wantLayoutFile)
 	}
-	for _, d := range []string{layout.BlobsDir, layout.IngestDir} {
+	for _, d := range []string{layoutfs.BlobsDir, layoutfs.IngestDir} {
 		if fi, err := os.Stat(p.Join(d)); err != nil || !fi.IsDir() {
 			t.Errorf("%s: not a directory (%v)", d, err)
 		}
@@ -40,7 +41,7 @@ func assertLayout(t *testing.T, p layout.Path) {
 }
 
 // addRef adds a ref named name to the index of p.
-func addRef(t *testing.T, p layout.Path, name string) {
+func addRef(t *testing.T, p layoutfs.Path, name string) {
 	t.Helper()
 	err := p.UpdateIndex(context.Background(), func(idx *ocispec.Index) error {
 		idx.Manifests = append(idx.Manifests, refDesc(name))
@@ -60,7 +61,7 @@ func refDesc(name string) ocispec.Descriptor {
 	}
 }
 
-func refNames(t *testing.T, p layout.Path) []string {
+func refNames(t *testing.T, p layoutfs.Path) []string {
 	t.Helper()
 	idx, err := p.ReadIndex()
 	if err != nil {
@@ -79,7 +80,7 @@ func TestCreate(t *testing.T) {
 		// setup prepares the directory and returns the path to pass to Create.
 		setup func(t *testing.T, dir string) string
 		// check runs on the created layout.
-		check func(t *testing.T, p layout.Path)
+		check func(t *testing.T, p layoutfs.Path)
 	}{
 		{
 			name:  "missing directory, with missing parents, is created",
@@ -92,19 +93,19 @@ func TestCreate(t *testing.T) {
 		{
 			name: "existing layout is reused and its refs and blobs kept",
 			setup: func(t *testing.T, dir string) string {
-				p, err := layout.Create(dir)
+				p, err := layoutfs.Create(dir)
 				if err != nil {
 					t.Fatal(err)
 				}
 				addRef(t, p, "example.com/app:v1")
-				writeFile(t, filepath.Join(dir, "blobs", "sha256", "ab"), "kept")
+				testutil.WriteFile(t, filepath.Join(dir, "blobs", "sha256", "ab"), "kept")
 				return dir
 			},
-			check: func(t *testing.T, p layout.Path) {
+			check: func(t *testing.T, p layoutfs.Path) {
 				if got, want := refNames(t, p), []string{"example.com/app:v1"}; !slices.Equal(got, want) {
 					t.Errorf("refs: got %q, want %q", got, want)
 				}
-				if !exists(t, p.Join("blobs", "sha256", "ab")) {
+				if !testutil.Exists(t, p.Join("blobs", "sha256", "ab")) {
 					t.Error("a file of the reused layout was removed")
 				}
 			},
@@ -112,15 +113,15 @@ func TestCreate(t *testing.T) {
 		{
 			name: "layout written by another tool (no blobs/, no ingest/) gets its folders",
 			setup: func(t *testing.T, dir string) string {
-				writeFile(t, filepath.Join(dir, layout.LayoutFile), wantLayoutFile)
-				writeFile(t, filepath.Join(dir, layout.IndexFile), `{"schemaVersion":2,"manifests":[]}`)
+				testutil.WriteFile(t, filepath.Join(dir, layoutfs.LayoutFile), wantLayoutFile)
+				testutil.WriteFile(t, filepath.Join(dir, layoutfs.IndexFile), `{"schemaVersion":2,"manifests":[]}`)
 				return dir
 			},
 		},
 		{
 			name: "leftovers of an interrupted Create (ingest/, blobs/, no oci-layout) are finished",
 			setup: func(t *testing.T, dir string) string {
-				for _, d := range []string{layout.IngestDir, layout.BlobsDir} {
+				for _, d := range []string{layoutfs.IngestDir, layoutfs.BlobsDir} {
 					if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 						t.Fatal(err)
 					}
@@ -134,7 +135,7 @@ func TestCreate(t *testing.T) {
 				t.Chdir(dir)
 				return "cache"
 			},
-			check: func(t *testing.T, p layout.Path) {
+			check: func(t *testing.T, p layoutfs.Path) {
 				if !filepath.IsAbs(p.String()) {
 					t.Errorf("Path: got %q, want an absolute path", p)
 				}
@@ -144,7 +145,7 @@ func TestCreate(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			arg := tc.setup(t, t.TempDir())
-			p, err := layout.Create(arg)
+			p, err := layoutfs.Create(arg)
 			if err != nil {
 				t.Fatalf("Create(%q): %v", arg, err)
 			}
@@ -157,7 +158,7 @@ func TestCreate(t *testing.T) {
 				tc.check(t, p)
 			}
 			// A second Create reuses what the first made.
-			if _, err := layout.Create(arg); err != nil {
+			if _, err := layoutfs.Create(arg); err != nil {
 				t.Errorf("second Create: %v", err)
 			}
 		})
@@ -172,18 +173,18 @@ func TestCreate_Refused(t *testing.T) {
 		{
 			name: "non-empty directory that is not a layout (say $HOME) is not filled with blobs",
 			setup: func(t *testing.T, dir string) string {
-				writeFile(t, filepath.Join(dir, ".bashrc"), "export PS1=$ ")
-				writeFile(t, filepath.Join(dir, "src", "main.go"), "package main")
+				testutil.WriteFile(t, filepath.Join(dir, ".bashrc"), "export PS1=$ ")
+				testutil.WriteFile(t, filepath.Join(dir, "src", "main.go"), "package main")
 				return dir
 			},
 		},
 		{
 			name: "foreign file beside our own folders",
 			setup: func(t *testing.T, dir string) string {
-				if err := os.Mkdir(filepath.Join(dir, layout.BlobsDir), 0o755); err != nil {
+				if err := os.Mkdir(filepath.Join(dir, layoutfs.BlobsDir), 0o755); err != nil {
 					t.Fatal(err)
 				}
-				writeFile(t, filepath.Join(dir, "notes.txt"), "mine")
+				testutil.WriteFile(t, filepath.Join(dir, "notes.txt"), "mine")
 				return dir
 			},
 		},
@@ -191,28 +192,28 @@ func TestCreate_Refused(t *testing.T) {
 			name: "path is a file",
 			setup: func(t *testing.T, dir string) string {
 				path := filepath.Join(dir, "cache")
-				writeFile(t, path, "a file, not a directory")
+				testutil.WriteFile(t, path, "a file, not a directory")
 				return path
 			},
 		},
 		{
 			name: "oci-layout is not JSON",
 			setup: func(t *testing.T, dir string) string {
-				writeFile(t, filepath.Join(dir, layout.LayoutFile), "imageLayoutVersion=1.0.0")
+				testutil.WriteFile(t, filepath.Join(dir, layoutfs.LayoutFile), "imageLayoutVersion=1.0.0")
 				return dir
 			},
 		},
 		{
 			name: "oci-layout is JSON without imageLayoutVersion",
 			setup: func(t *testing.T, dir string) string {
-				writeFile(t, filepath.Join(dir, layout.LayoutFile), `{"version":"1.0.0"}`)
+				testutil.WriteFile(t, filepath.Join(dir, layoutfs.LayoutFile), `{"version":"1.0.0"}`)
 				return dir
 			},
 		},
 		{
 			name: "oci-layout is truncated",
 			setup: func(t *testing.T, dir string) string {
-				writeFile(t, filepath.Join(dir, layout.LayoutFile), wantLayoutFile[:10])
+				testutil.WriteFile(t, filepath.Join(dir, layoutfs.LayoutFile), wantLayoutFile[:10])
 				return dir
 			},
 		},
@@ -221,15 +222,15 @@ func TestCreate_Refused(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			arg := tc.setup(t, dir)
-			before := snapshot(t, dir)
-			p, err := layout.Create(arg)
-			if !errors.Is(err, layout.ErrNotLayout) {
+			before := testutil.Snapshot(t, dir)
+			p, err := layoutfs.Create(arg)
+			if !errors.Is(err, layoutfs.ErrNotLayout) {
 				t.Fatalf("Create(%q): got (%q, %v), want ErrNotLayout", arg, p, err)
 			}
 			if p != "" {
 				t.Errorf("Path: got %q, want %q", p, "")
 			}
-			assertUnchanged(t, dir, before)
+			testutil.AssertUnchanged(t, dir, before)
 		})
 	}
 }
@@ -239,19 +240,19 @@ func TestCreate_Concurrent(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
-			if _, err := layout.Create(dir); err != nil {
+			if _, err := layoutfs.Create(dir); err != nil {
 				t.Errorf("Create: %v", err)
 			}
 		})
 	}
 	wg.Wait()
-	assertLayout(t, layout.Path(dir))
+	assertLayout(t, layoutfs.Path(dir))
 }
 
 // TestCreate_GGCRReadable checks the promise of the package doc: the
 // directory is an OCI image layout that go-containerregistry reads as it is.
 func TestCreate_GGCRReadable(t *testing.T) {
-	p, err := layout.Create(t.TempDir())
+	p, err := layoutfs.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +260,7 @@ func TestCreate_GGCRReadable(t *testing.T) {
 		t.Helper()
 		lp, err := ggcrlayout.FromPath(p.String())
 		if err != nil {
-			t.Fatalf("ggcr layout.FromPath: %v", err)
+			t.Fatalf("ggcr layoutfs.FromPath: %v", err)
 		}
 		ii, err := lp.ImageIndex()
 		if err != nil {
@@ -286,7 +287,7 @@ func TestCreate_GGCRReadable(t *testing.T) {
 }
 
 func TestPath_Join(t *testing.T) {
-	p := layout.Path("/cache")
+	p := layoutfs.Path("/cache")
 	if got, want := p.Join("blobs", "sha256"), "/cache/blobs/sha256"; got != want {
 		t.Errorf("Join: got %q, want %q", got, want)
 	}
@@ -296,11 +297,11 @@ func TestPath_Join(t *testing.T) {
 }
 
 func TestIndexJSON_Fresh(t *testing.T) {
-	p, err := layout.Create(t.TempDir())
+	p, err := layoutfs.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(p.Join(layout.IndexFile))
+	b, err := os.ReadFile(p.Join(layoutfs.IndexFile))
 	if err != nil {
 		t.Fatal(err)
 	}

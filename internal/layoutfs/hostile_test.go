@@ -1,4 +1,4 @@
-package layout_test
+package layoutfs_test
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 )
 
 // Regression tests of what the torture suite's hostile inputs found: a
@@ -62,15 +62,15 @@ func hostileSymlink(t *testing.T, target, path string) {
 // Create replaces a symlink at blobs/, blobs/<alg> or ingest/ with a real
 // directory, without touching what it pointed at.
 func TestCreate_ReplacesSymlinkedDirs(t *testing.T) {
-	for _, rel := range []string{layout.BlobsDir, filepath.Join(layout.BlobsDir, "sha256"), filepath.Join(layout.BlobsDir, "sha512"), layout.IngestDir} {
+	for _, rel := range []string{layoutfs.BlobsDir, filepath.Join(layoutfs.BlobsDir, "sha256"), filepath.Join(layoutfs.BlobsDir, "sha512"), layoutfs.IngestDir} {
 		t.Run(rel, func(t *testing.T) {
 			dir := t.TempDir()
-			if _, err := layout.Create(dir); err != nil {
+			if _, err := layoutfs.Create(dir); err != nil {
 				t.Fatal(err)
 			}
 			outside, unchanged := hostileOutside(t)
 			hostileSymlink(t, outside, filepath.Join(dir, rel))
-			p, err := layout.Create(dir)
+			p, err := layoutfs.Create(dir)
 			if err != nil {
 				t.Fatalf("Create: %v", err)
 			}
@@ -89,16 +89,16 @@ func TestCreate_ReplacesSymlinkedDirs(t *testing.T) {
 // refuse it rather than act in the directory it points at.
 func TestIngest_SymlinkedAfterCreate(t *testing.T) {
 	dir := t.TempDir()
-	p, err := layout.Create(dir)
+	p, err := layoutfs.Create(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	outside, unchanged := hostileOutside(t)
-	hostileSymlink(t, outside, p.Join(layout.IngestDir))
+	hostileSymlink(t, outside, p.Join(layoutfs.IngestDir))
 	if f, err := p.CreateTemp("blob-*"); err == nil {
 		f.Close()
 		t.Error("CreateTemp through a symlinked ingest/ succeeded")
-	} else if !errors.Is(err, layout.ErrNotLayout) {
+	} else if !errors.Is(err, layoutfs.ErrNotLayout) {
 		t.Errorf("CreateTemp: got %v, want ErrNotLayout", err)
 	}
 	if l, err := p.LockIndex(t.Context()); err == nil {
@@ -114,14 +114,14 @@ func TestIngest_SymlinkedAfterCreate(t *testing.T) {
 // A symlink planted at a lock file's name is not followed: the lock
 // creates no file outside, and works.
 func TestLock_SymlinkedLockFile(t *testing.T) {
-	p, err := layout.Create(t.TempDir())
+	p, err := layoutfs.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	outside, unchanged := hostileOutside(t)
 	d := digest.FromString("x")
-	for _, name := range []string{"index.json.lock", "sha256-" + d.Encoded() + ".lock", layout.StatsFile + ".lock"} {
-		hostileSymlink(t, filepath.Join(outside, "created-"+name), p.Join(layout.IngestDir, name))
+	for _, name := range []string{"index.json.lock", "sha256-" + d.Encoded() + ".lock", layoutfs.StatsFile + ".lock"} {
+		hostileSymlink(t, filepath.Join(outside, "created-"+name), p.Join(layoutfs.IngestDir, name))
 	}
 	if err := p.UpdateIndex(t.Context(), func(*ocispec.Index) error { return nil }); err != nil {
 		t.Errorf("UpdateIndex: %v", err)
@@ -147,36 +147,36 @@ func TestLayoutFiles_NotFollowed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p, err := layout.Create(t.TempDir())
+	p, err := layoutfs.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	hostileSymlink(t, filepath.Join(outside, "index.json"), p.Join(layout.IndexFile))
-	if _, err := p.ReadIndex(); !errors.Is(err, layout.ErrBadIndex) {
+	hostileSymlink(t, filepath.Join(outside, "index.json"), p.Join(layoutfs.IndexFile))
+	if _, err := p.ReadIndex(); !errors.Is(err, layoutfs.ErrBadIndex) {
 		t.Errorf("ReadIndex of a symlinked index.json: got %v, want ErrBadIndex", err)
 	}
-	hostileSymlink(t, filepath.Join(outside, "stats"), p.Join(layout.StatsFile))
+	hostileSymlink(t, filepath.Join(outside, "stats"), p.Join(layoutfs.StatsFile))
 	if b, err := p.ReadStats(); err != nil || b != nil {
 		t.Errorf("ReadStats of a symlinked stats file: got (%q, %v), want none", b, err)
 	}
-	hostileSymlink(t, filepath.Join(outside, "oci-layout"), p.Join(layout.LayoutFile))
-	if _, err := layout.Create(string(p)); !errors.Is(err, layout.ErrNotLayout) {
+	hostileSymlink(t, filepath.Join(outside, "oci-layout"), p.Join(layoutfs.LayoutFile))
+	if _, err := layoutfs.Create(string(p)); !errors.Is(err, layoutfs.ErrNotLayout) {
 		t.Errorf("Create with a symlinked oci-layout: got %v, want ErrNotLayout", err)
 	}
 
-	q, err := layout.Create(t.TempDir())
+	q, err := layoutfs.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(q.Join(layout.IndexFile))
-	if err := syscall.Mkfifo(q.Join(layout.IndexFile), 0o644); err != nil {
+	os.Remove(q.Join(layoutfs.IndexFile))
+	if err := syscall.Mkfifo(q.Join(layoutfs.IndexFile), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { _, err := q.ReadIndex(); done <- err }()
 	select {
 	case err := <-done:
-		if !errors.Is(err, layout.ErrBadIndex) {
+		if !errors.Is(err, layoutfs.ErrBadIndex) {
 			t.Errorf("ReadIndex of a FIFO: got %v, want ErrBadIndex", err)
 		}
 	case <-time.After(10 * time.Second):
@@ -187,7 +187,7 @@ func TestLayoutFiles_NotFollowed(t *testing.T) {
 // RepairIndex keeps a bad index.json aside and lists what the blobs hold:
 // the image manifests and indexes no stored index lists.
 func TestRepairIndex(t *testing.T) {
-	p, err := layout.Create(t.TempDir())
+	p, err := layoutfs.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func TestRepairIndex(t *testing.T) {
 	if rebuilt, _, err := p.RepairIndex(context.Background()); err != nil || rebuilt {
 		t.Fatalf("RepairIndex of a valid index: got (%v, %v)", rebuilt, err)
 	}
-	if err := os.WriteFile(p.Join(layout.IndexFile), []byte("garbage"), 0o644); err != nil {
+	if err := os.WriteFile(p.Join(layoutfs.IndexFile), []byte("garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	rebuilt, n, err := p.RepairIndex(context.Background())
@@ -239,7 +239,7 @@ func TestRepairIndex(t *testing.T) {
 	if len(got) != 2 || got[index] != ocispec.MediaTypeImageIndex || got[standalone] != ocispec.MediaTypeImageManifest {
 		t.Errorf("rebuilt index lists %v, want the index %s and the manifest %s", got, index, standalone)
 	}
-	if b, err := os.ReadFile(p.Join(layout.CorruptIndexFile)); err != nil || string(b) != "garbage" {
-		t.Errorf("%s: got (%q, %v), want the bad file", layout.CorruptIndexFile, b, err)
+	if b, err := os.ReadFile(p.Join(layoutfs.CorruptIndexFile)); err != nil || string(b) != "garbage" {
+		t.Errorf("%s: got (%q, %v), want the bad file", layoutfs.CorruptIndexFile, b, err)
 	}
 }

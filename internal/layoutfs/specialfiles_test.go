@@ -1,4 +1,4 @@
-package layout_test
+package layoutfs_test
 
 import (
 	"context"
@@ -15,7 +15,9 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/fsutil"
+	"github.com/ocibuild/layercache/internal/layoutfs"
+	"github.com/ocibuild/layercache/internal/testutil"
 )
 
 // Tests of the rule "layercache never blocks on a special file": a FIFO,
@@ -81,7 +83,7 @@ func mksocket(t *testing.T, path string) {
 }
 
 // lockUsers are the ways layercache takes each of its locks.
-func lockUsers(p layout.Path) []struct {
+func lockUsers(p layoutfs.Path) []struct {
 	name string
 	lock string // the lock file's name in ingest/
 	use  func(ctx context.Context) error
@@ -91,7 +93,7 @@ func lockUsers(p layout.Path) []struct {
 		lock string
 		use  func(ctx context.Context) error
 	}{
-		{"UpdateIndex", layout.IndexFile + ".lock", func(ctx context.Context) error {
+		{"UpdateIndex", layoutfs.IndexFile + ".lock", func(ctx context.Context) error {
 			return p.UpdateIndex(ctx, func(idx *ocispec.Index) error {
 				idx.Manifests = append(idx.Manifests, refDesc("example.com/app:v1"))
 				return nil
@@ -104,7 +106,7 @@ func lockUsers(p layout.Path) []struct {
 			}
 			return err
 		}},
-		{"UpdateStats", layout.StatsFile + ".lock", func(ctx context.Context) error {
+		{"UpdateStats", layoutfs.StatsFile + ".lock", func(ctx context.Context) error {
 			return p.UpdateStats(ctx, func([]byte) ([]byte, error) { return []byte(`{"hits":1}`), nil })
 		}},
 	}
@@ -127,11 +129,11 @@ func TestLock_FIFOAtLockFile(t *testing.T) {
 		}},
 	}
 	for _, pl := range plants {
-		for i, u := range lockUsers(layout.Path("")) {
+		for i, u := range lockUsers(layoutfs.Path("")) {
 			t.Run(pl.name+"/"+u.name, func(t *testing.T) {
 				p := newLayout(t)
 				u := lockUsers(p)[i]
-				path := p.Join(layout.IngestDir, u.lock)
+				path := p.Join(layoutfs.IngestDir, u.lock)
 				pl.plant(t, path)
 				ctx, cancel := context.WithTimeout(t.Context(), time.Hour)
 				defer cancel()
@@ -153,18 +155,18 @@ func TestLock_FIFOAtLockFile(t *testing.T) {
 // file's name is not emptied: the lock fails with an error that names the
 // path, and changes nothing.
 func TestLock_FolderOfFilesAtLockFile(t *testing.T) {
-	for i, u := range lockUsers(layout.Path("")) {
+	for i, u := range lockUsers(layoutfs.Path("")) {
 		t.Run(u.name, func(t *testing.T) {
 			p := newLayout(t)
 			u := lockUsers(p)[i]
-			path := p.Join(layout.IngestDir, u.lock)
-			writeFile(t, filepath.Join(path, "mine.txt"), "mine")
-			before := snapshot(t, path)
+			path := p.Join(layoutfs.IngestDir, u.lock)
+			testutil.WriteFile(t, filepath.Join(path, "mine.txt"), "mine")
+			before := testutil.Snapshot(t, path)
 			err := notBlocked(t, u.name, func() error { return u.use(t.Context()) })
 			if err == nil || !strings.Contains(err.Error(), path) {
 				t.Errorf("%s with a folder of files at %s: got %v, want an error naming %s", u.name, u.lock, err, path)
 			}
-			assertUnchanged(t, path, before)
+			testutil.AssertUnchanged(t, path, before)
 		})
 	}
 }
@@ -176,7 +178,7 @@ func TestLock_FIFOReplacedOnceUnderContention(t *testing.T) {
 	const writers = 6
 	for round := range 10 {
 		p := newLayout(t)
-		mkfifo(t, p.Join(layout.IngestDir, layout.IndexFile+".lock"))
+		mkfifo(t, p.Join(layoutfs.IngestDir, layoutfs.IndexFile+".lock"))
 		var wg sync.WaitGroup
 		start := make(chan struct{})
 		errs := make(chan error, writers)
@@ -215,17 +217,17 @@ func TestLock_FIFOReplacedOnceUnderContention(t *testing.T) {
 func TestLayoutFiles_SpecialFiles(t *testing.T) {
 	t.Run("oci-layout", func(t *testing.T) {
 		p := newLayout(t)
-		rmAll(t, p.Join(layout.LayoutFile))
-		mkfifo(t, p.Join(layout.LayoutFile))
-		err := notBlocked(t, "Create", func() error { _, err := layout.Create(p.String()); return err })
-		if !errors.Is(err, layout.ErrNotLayout) {
+		rmAll(t, p.Join(layoutfs.LayoutFile))
+		mkfifo(t, p.Join(layoutfs.LayoutFile))
+		err := notBlocked(t, "Create", func() error { _, err := layoutfs.Create(p.String()); return err })
+		if !errors.Is(err, layoutfs.ErrNotLayout) {
 			t.Errorf("Create with a FIFO at oci-layout: got %v, want ErrNotLayout", err)
 		}
 	})
 	t.Run("index.json", func(t *testing.T) {
 		p := newLayout(t)
-		rmAll(t, p.Join(layout.IndexFile))
-		mkfifo(t, p.Join(layout.IndexFile))
+		rmAll(t, p.Join(layoutfs.IndexFile))
+		mkfifo(t, p.Join(layoutfs.IndexFile))
 		if err := notBlocked(t, "UpdateIndex", func() error {
 			return p.UpdateIndex(t.Context(), func(*ocispec.Index) error { return nil })
 		}); err != nil {
@@ -237,7 +239,7 @@ func TestLayoutFiles_SpecialFiles(t *testing.T) {
 	})
 	t.Run("stats file", func(t *testing.T) {
 		p := newLayout(t)
-		mkfifo(t, p.Join(layout.StatsFile))
+		mkfifo(t, p.Join(layoutfs.StatsFile))
 		if err := notBlocked(t, "UpdateStats", func() error {
 			return p.UpdateStats(t.Context(), func(old []byte) ([]byte, error) {
 				if old != nil {
@@ -249,12 +251,12 @@ func TestLayoutFiles_SpecialFiles(t *testing.T) {
 			t.Errorf("UpdateStats with a FIFO at the stats file: %v", err)
 		}
 	})
-	for _, rel := range []string{layout.IngestDir, filepath.Join(layout.BlobsDir, "sha256")} {
+	for _, rel := range []string{layoutfs.IngestDir, filepath.Join(layoutfs.BlobsDir, "sha256")} {
 		t.Run(rel, func(t *testing.T) {
 			p := newLayout(t)
 			rmAll(t, p.Join(rel))
 			mkfifo(t, p.Join(rel))
-			if err := notBlocked(t, "Create", func() error { _, err := layout.Create(p.String()); return err }); err != nil {
+			if err := notBlocked(t, "Create", func() error { _, err := layoutfs.Create(p.String()); return err }); err != nil {
 				t.Fatalf("Create with a FIFO at %s: %v", rel, err)
 			}
 			assertLayout(t, p)
@@ -269,14 +271,14 @@ func TestLayoutFiles_SpecialFiles(t *testing.T) {
 func TestSweep_SpecialFiles(t *testing.T) {
 	p := newLayout(t)
 	names := map[string]bool{ // name -> removed
-		"blob-1.tmp":               true,
-		lockName(digestA):          false,
-		layout.IndexFile + ".lock": false,
-		"someone-else's.fifo":      false,
+		"blob-1.tmp":                 true,
+		lockName(digestA):            false,
+		layoutfs.IndexFile + ".lock": false,
+		"someone-else's.fifo":        false,
 	}
 	for name := range names {
-		mkfifo(t, p.Join(layout.IngestDir, name))
-		setAge(t, p.Join(layout.IngestDir, name), 48*time.Hour)
+		mkfifo(t, p.Join(layoutfs.IngestDir, name))
+		setAge(t, p.Join(layoutfs.IngestDir, name), 48*time.Hour)
 	}
 	if err := notBlocked(t, "Sweep", func() error {
 		_, err := p.Sweep(t.Context(), time.Now().Add(-time.Hour))
@@ -285,7 +287,7 @@ func TestSweep_SpecialFiles(t *testing.T) {
 		t.Fatalf("Sweep: %v", err)
 	}
 	for name, removed := range names {
-		if got := !exists(t, p.Join(layout.IngestDir, name)); got != removed {
+		if got := !testutil.Exists(t, p.Join(layoutfs.IngestDir, name)); got != removed {
 			t.Errorf("%s: removed = %v, want %v", name, got, removed)
 		}
 	}
@@ -296,7 +298,7 @@ func TestSweep_SpecialFiles(t *testing.T) {
 func TestSyncDir_FIFO(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fifo")
 	mkfifo(t, path)
-	if err := notBlocked(t, "SyncDir", func() error { return layout.SyncDir(path) }); err == nil {
+	if err := notBlocked(t, "SyncDir", func() error { return fsutil.SyncDir(path) }); err == nil {
 		t.Error("SyncDir of a FIFO: got nil, want an error")
 	}
 }

@@ -1,4 +1,4 @@
-package layout_test
+package layoutfs_test
 
 import (
 	"fmt"
@@ -12,7 +12,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
+	"github.com/ocibuild/layercache/internal/testutil"
 )
 
 // TestCreate_ConcurrentRefsKept is the regression test of two bugs the
@@ -33,7 +34,7 @@ func TestCreate_ConcurrentRefsKept(t *testing.T) {
 		for i := range creators {
 			wg.Go(func() {
 				<-start
-				p, err := layout.Create(dir)
+				p, err := layoutfs.Create(dir)
 				if err == nil {
 					err = p.UpdateIndex(t.Context(), func(idx *ocispec.Index) error {
 						idx.Manifests = append(idx.Manifests, fzRef(fmt.Sprintf("creator-%d", i)))
@@ -51,7 +52,7 @@ func TestCreate_ConcurrentRefsKept(t *testing.T) {
 				t.Fatalf("round %d: %v", round, err)
 			}
 		}
-		idx, err := layout.Path(dir).ReadIndex()
+		idx, err := layoutfs.Path(dir).ReadIndex()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,25 +85,25 @@ func TestCreate_Processes(t *testing.T) {
 	const rounds = 20
 	if base := os.Getenv(childDirEnv); base != "" {
 		id := os.Getenv(childIDEnv)
-		childBarrier(t, os.Getenv(childSyncEnv), id)
+		testutil.ChildBarrier(t, os.Getenv(childSyncEnv), id)
 		createRounds(t, base, id, rounds)
 		return
 	}
 	base := t.TempDir()
 	syncDir := t.TempDir()
 	ids := []string{"p0", "p1", "p2"}
-	var children []*child
+	var children []*testutil.Child
 	for _, id := range ids {
-		children = append(children, startChild(t, t.Name(),
+		children = append(children, testutil.StartChild(t, t.Name(),
 			childDirEnv+"="+base, childIDEnv+"="+id, childSyncEnv+"="+syncDir))
 	}
-	releaseChildren(t, syncDir, ids)
+	testutil.ReleaseChildren(t, syncDir, ids)
 	createRounds(t, base, "parent", rounds)
 	for _, c := range children {
-		c.wait(t)
+		c.Wait(t)
 	}
 	for r := range rounds {
-		p := layout.Path(filepath.Join(base, strconv.Itoa(r)))
+		p := layoutfs.Path(filepath.Join(base, strconv.Itoa(r)))
 		assertRefs(t, p, append(slices.Clone(ids), "parent"))
 	}
 }
@@ -112,7 +113,7 @@ func TestCreate_Processes(t *testing.T) {
 func createRounds(t *testing.T, base, id string, rounds int) {
 	t.Helper()
 	for r := range rounds {
-		p, err := layout.Create(filepath.Join(base, strconv.Itoa(r)))
+		p, err := layoutfs.Create(filepath.Join(base, strconv.Itoa(r)))
 		if err != nil {
 			t.Fatalf("%s: round %d: Create: %v", id, r, err)
 		}

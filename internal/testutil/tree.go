@@ -1,4 +1,4 @@
-package storetest
+package testutil
 
 import (
 	"errors"
@@ -9,17 +9,16 @@ import (
 	"sort"
 	"strings"
 	"testing"
-
-	"github.com/ocibuild/layercache/layout"
-	"github.com/ocibuild/layercache/pkg/store"
 )
 
-// tree is a snapshot of files: each path mapped to its type, size and
-// modification time. Two snapshots differ if a file was created, removed or
-// changed; a directory's mtime moves when an entry is added or removed.
-type tree map[string]string
+// Tree is a snapshot of files: each path mapped to its type, size and
+// modification time. Two snapshots differ if a file was created, removed
+// or changed; a directory's mtime moves when an entry is added to it or
+// removed from it.
+type Tree map[string]string
 
-func describe(fi fs.FileInfo) string {
+// Describe is how a snapshot records one file.
+func Describe(fi fs.FileInfo) string {
 	size := fi.Size()
 	if fi.IsDir() {
 		size = 0 // directory sizes vary by file system; mtime shows changes
@@ -27,12 +26,16 @@ func describe(fi fs.FileInfo) string {
 	return fmt.Sprintf("%v size=%d mtime=%d", fi.Mode(), size, fi.ModTime().UnixNano())
 }
 
-// snapshot records the tree below root.
-func snapshot(t *testing.T, root string) tree {
+// Snapshot records the tree below root, by paths relative to root. A root
+// that does not exist gives an empty tree.
+func Snapshot(t testing.TB, root string) Tree {
 	t.Helper()
-	m := tree{}
+	m := Tree{}
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
+			if path == root && errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
 			return err
 		}
 		fi, err := d.Info()
@@ -40,7 +43,7 @@ func snapshot(t *testing.T, root string) tree {
 			return err
 		}
 		rel, _ := filepath.Rel(root, path)
-		m[rel] = describe(fi)
+		m[rel] = Describe(fi)
 		return nil
 	})
 	if err != nil {
@@ -49,16 +52,10 @@ func snapshot(t *testing.T, root string) tree {
 	return m
 }
 
-// snapshotBlobs records the tree below blobs/.
-func snapshotBlobs(t *testing.T, s *store.Store) tree {
+// SnapshotFiles records the given files, and "missing" for those absent.
+func SnapshotFiles(t testing.TB, paths []string) Tree {
 	t.Helper()
-	return snapshot(t, s.Layout().Join(layout.BlobsDir))
-}
-
-// snapshotFiles records the given files, and "missing" for those absent.
-func snapshotFiles(t *testing.T, paths []string) tree {
-	t.Helper()
-	m := tree{}
+	m := Tree{}
 	for _, p := range paths {
 		fi, err := os.Lstat(p)
 		switch {
@@ -67,14 +64,15 @@ func snapshotFiles(t *testing.T, paths []string) tree {
 		case err != nil:
 			t.Fatal(err)
 		default:
-			m[p] = describe(fi)
+			m[p] = Describe(fi)
 		}
 	}
 	return m
 }
 
-// diff describes how after differs from before, or returns "".
-func (before tree) diff(after tree) string {
+// Diff describes how after differs from before, one line a path, or
+// returns "".
+func (before Tree) Diff(after Tree) string {
 	var lines []string
 	for k, v := range before {
 		switch w, ok := after[k]; {
@@ -93,10 +91,11 @@ func (before tree) diff(after tree) string {
 	return strings.Join(lines, "\n")
 }
 
-// assertUnchanged fails the test if the tree below root differs from before.
-func assertUnchanged(t *testing.T, root string, before tree) {
+// AssertUnchanged fails the test if the tree below root differs from
+// before.
+func AssertUnchanged(t testing.TB, root string, before Tree) {
 	t.Helper()
-	if d := before.diff(snapshot(t, root)); d != "" {
+	if d := before.Diff(Snapshot(t, root)); d != "" {
 		t.Errorf("%s changed:\n%s", root, d)
 	}
 }

@@ -1,4 +1,4 @@
-package layout_test
+package layoutfs_test
 
 import (
 	"errors"
@@ -8,7 +8,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
+	"github.com/ocibuild/layercache/internal/testutil"
 )
 
 var (
@@ -16,48 +17,8 @@ var (
 	hex128 = strings.Repeat("0123456789abcdef", 8)
 )
 
-// invalidDigests are inputs that must never become a path. The same table,
-// with the same reasons, is in pkg/store/storetest, which runs it through
-// every store method taking a digest.
-var invalidDigests = []struct {
-	digest digest.Digest
-	reason string
-}{
-	{"", "empty"},
-	{digest.Digest(hex64), "no algorithm"},
-	{digest.Digest(":" + hex64), "empty algorithm"},
-	{"md5:d41d8cd98f00b204e9800998ecf8427e", "unknown algorithm md5"},
-	{digest.Digest("sha384:" + hex64 + hex64[:32]), "sha384 is a valid go-digest algorithm but not one a layout stores"},
-	{digest.Digest("sha1:" + hex64[:40]), "unknown algorithm sha1"},
-	{digest.Digest("SHA256:" + hex64), "uppercase algorithm"},
-	{digest.Digest("sha256+b64u:" + hex64), "algorithm with a separator"},
-	{digest.Digest("sha256:" + strings.ToUpper(hex64)), "uppercase hex"},
-	{digest.Digest("sha256:" + hex64[:63] + "A"), "one uppercase hex digit"},
-	{digest.Digest("sha256:" + hex64[:63] + "g"), "non-hex letter"},
-	{digest.Digest("sha256:" + hex64[:10]), "wrong length: short"},
-	{digest.Digest("sha256:" + hex64[:63]), "wrong length: one digit short"},
-	{digest.Digest("sha256:" + hex64 + "0"), "wrong length: one digit long"},
-	{digest.Digest("sha256:" + hex128), "wrong length: sha512 length under sha256"},
-	{digest.Digest("sha512:" + hex64), "wrong length: sha256 length under sha512"},
-	{"sha256:../../etc/passwd", "path traversal"},
-	{digest.Digest("sha256:../" + hex64[:61]), "path traversal of the right length"},
-	{digest.Digest("sha256:" + hex64[:32] + "\x00" + hex64[:31]), "embedded NUL"},
-	{digest.Digest("sha256:" + hex64 + "\x00"), "trailing NUL"},
-	{digest.Digest("sha256:" + hex64[:32] + "/" + hex64[:31]), "embedded slash"},
-	{digest.Digest("sha256:/" + hex64[:63]), "leading slash"},
-	{digest.Digest(" sha256:" + hex64), "leading space"},
-	{digest.Digest("sha256:" + hex64 + " "), "trailing space"},
-	{digest.Digest("sha256:" + hex64 + "\n"), "trailing newline"},
-	{digest.Digest("sha256: " + hex64[:63]), "space after the colon"},
-	{"sha256:", "sha256: with empty hex"},
-	{"sha256", "algorithm without colon"},
-	{digest.Digest("sha256::" + hex64), "double colon"},
-	{digest.Digest("sha256:sha256:" + hex64), "algorithm twice"},
-	{digest.Digest("sha256:" + hex64[:62] + "é"), "non-ASCII byte"},
-}
-
 func TestBlobPath(t *testing.T) {
-	p := layout.Path("/cache")
+	p := layoutfs.Path("/cache")
 	tests := []struct {
 		digest digest.Digest
 		want   string
@@ -76,7 +37,7 @@ func TestBlobPath(t *testing.T) {
 			if got != tc.want {
 				t.Errorf("BlobPath(%q): got %q, want %q", tc.digest, got, tc.want)
 			}
-			if err := layout.Validate(tc.digest); err != nil {
+			if err := layoutfs.Validate(tc.digest); err != nil {
 				t.Errorf("Validate(%q): %v", tc.digest, err)
 			}
 		})
@@ -85,46 +46,46 @@ func TestBlobPath(t *testing.T) {
 
 func TestBlobPath_Invalid(t *testing.T) {
 	dir := t.TempDir()
-	p, err := layout.Create(dir)
+	p, err := layoutfs.Create(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := snapshot(t, dir)
-	for _, tc := range invalidDigests {
-		t.Run(tc.reason, func(t *testing.T) {
-			got, err := p.BlobPath(tc.digest)
-			if !errors.Is(err, layout.ErrInvalidDigest) {
-				t.Errorf("BlobPath(%q): got (%q, %v), want ErrInvalidDigest", tc.digest, got, err)
+	before := testutil.Snapshot(t, dir)
+	for _, tc := range testutil.InvalidDigests {
+		t.Run(tc.Reason, func(t *testing.T) {
+			got, err := p.BlobPath(tc.Digest)
+			if !errors.Is(err, layoutfs.ErrInvalidDigest) {
+				t.Errorf("BlobPath(%q): got (%q, %v), want ErrInvalidDigest", tc.Digest, got, err)
 			}
 			if got != "" {
-				t.Errorf("BlobPath(%q): got path %q, want %q", tc.digest, got, "")
+				t.Errorf("BlobPath(%q): got path %q, want %q", tc.Digest, got, "")
 			}
-			if err := layout.Validate(tc.digest); !errors.Is(err, layout.ErrInvalidDigest) {
-				t.Errorf("Validate(%q): got %v, want ErrInvalidDigest", tc.digest, err)
+			if err := layoutfs.Validate(tc.Digest); !errors.Is(err, layoutfs.ErrInvalidDigest) {
+				t.Errorf("Validate(%q): got %v, want ErrInvalidDigest", tc.Digest, err)
 			}
-			if _, err := p.LockBlob(t.Context(), tc.digest); !errors.Is(err, layout.ErrInvalidDigest) {
-				t.Errorf("LockBlob(%q): got %v, want ErrInvalidDigest", tc.digest, err)
+			if _, err := p.LockBlob(t.Context(), tc.Digest); !errors.Is(err, layoutfs.ErrInvalidDigest) {
+				t.Errorf("LockBlob(%q): got %v, want ErrInvalidDigest", tc.Digest, err)
 			}
 		})
 	}
-	assertUnchanged(t, dir, before)
+	testutil.AssertUnchanged(t, dir, before)
 }
 
 func TestValidate_ErrorNamesTheDigest(t *testing.T) {
-	err := layout.Validate("sha256:../../etc/passwd")
+	err := layoutfs.Validate("sha256:../../etc/passwd")
 	if err == nil || !strings.Contains(err.Error(), `"sha256:../../etc/passwd"`) {
 		t.Errorf("Validate: got %v, want an error quoting the digest", err)
 	}
 }
 
 func TestAlgorithmDir(t *testing.T) {
-	p := layout.Path("/cache")
-	for _, alg := range layout.Algorithms {
+	p := layoutfs.Path("/cache")
+	for _, alg := range layoutfs.Algorithms {
 		if got, want := p.AlgorithmDir(alg), filepath.Join("/cache", "blobs", string(alg)); got != want {
 			t.Errorf("AlgorithmDir(%s): got %q, want %q", alg, got, want)
 		}
 	}
-	if got, want := layout.Algorithms, []digest.Algorithm{digest.SHA256, digest.SHA512}; len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+	if got, want := layoutfs.Algorithms, []digest.Algorithm{digest.SHA256, digest.SHA512}; len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
 		t.Errorf("Algorithms: got %q, want %q", got, want)
 	}
 }
@@ -148,9 +109,9 @@ func TestParseBlobName(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.reason, func(t *testing.T) {
-			got, err := layout.ParseBlobName(tc.alg, tc.name)
+			got, err := layoutfs.ParseBlobName(tc.alg, tc.name)
 			if tc.want == "" {
-				if !errors.Is(err, layout.ErrInvalidDigest) {
+				if !errors.Is(err, layoutfs.ErrInvalidDigest) {
 					t.Errorf("ParseBlobName(%s, %q): got (%q, %v), want ErrInvalidDigest", tc.alg, tc.name, got, err)
 				}
 				return
@@ -167,21 +128,21 @@ func TestParseBlobName(t *testing.T) {
 // strictly inside blobs/<alg>/, and that file's name parses back to the
 // same digest.
 func FuzzBlobPath(f *testing.F) {
-	for _, tc := range invalidDigests {
-		f.Add(string(tc.digest))
+	for _, tc := range testutil.InvalidDigests {
+		f.Add(string(tc.Digest))
 	}
 	f.Add("sha256:" + hex64)
 	f.Add("sha512:" + hex128)
-	root := layout.Path(filepath.Join(string(filepath.Separator), "var", "cache", "layercache"))
+	root := layoutfs.Path(filepath.Join(string(filepath.Separator), "var", "cache", "layercache"))
 	algDirs := map[string]digest.Algorithm{}
-	for _, alg := range layout.Algorithms {
+	for _, alg := range layoutfs.Algorithms {
 		algDirs[root.AlgorithmDir(alg)] = alg
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		d := digest.Digest(s)
 		path, err := root.BlobPath(d)
 		if err != nil {
-			if !errors.Is(err, layout.ErrInvalidDigest) {
+			if !errors.Is(err, layoutfs.ErrInvalidDigest) {
 				t.Fatalf("BlobPath(%q): got %v, want ErrInvalidDigest", s, err)
 			}
 			if path != "" {
@@ -201,7 +162,7 @@ func FuzzBlobPath(f *testing.F) {
 		if err != nil || rel != name || rel == "." || strings.Contains(rel, "..") || strings.ContainsRune(rel, filepath.Separator) {
 			t.Fatalf("BlobPath(%q): got %q, not strictly inside %s (rel %q, %v)", s, path, root.AlgorithmDir(alg), rel, err)
 		}
-		back, err := layout.ParseBlobName(alg, name)
+		back, err := layoutfs.ParseBlobName(alg, name)
 		if err != nil || back != d {
 			t.Fatalf("ParseBlobName(%s, %q): got (%q, %v), want %q", alg, name, back, err, s)
 		}

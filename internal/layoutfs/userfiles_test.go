@@ -1,4 +1,4 @@
-package layout_test
+package layoutfs_test
 
 import (
 	"errors"
@@ -7,7 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
+	"github.com/ocibuild/layercache/internal/testutil"
 )
 
 // Tests of the rule "layercache never deletes a file it did not create":
@@ -18,9 +19,9 @@ import (
 // customers.csv and a batch/ subfolder with a file in it, all two days old.
 func userFolder(t *testing.T, dir string) {
 	t.Helper()
-	ingest := filepath.Join(dir, layout.IngestDir)
-	writeFile(t, filepath.Join(ingest, "customers.csv"), "id,name\n1,Ada\n")
-	writeFile(t, filepath.Join(ingest, "batch", "part-0001.csv"), "1\n")
+	ingest := filepath.Join(dir, layoutfs.IngestDir)
+	testutil.WriteFile(t, filepath.Join(ingest, "customers.csv"), "id,name\n1,Ada\n")
+	testutil.WriteFile(t, filepath.Join(ingest, "batch", "part-0001.csv"), "1\n")
 	for _, rel := range []string{"customers.csv", filepath.Join("batch", "part-0001.csv"), "batch"} {
 		setAge(t, filepath.Join(ingest, rel), 48*time.Hour)
 	}
@@ -37,46 +38,46 @@ func TestCreate_RefusesFolderOfUserFiles(t *testing.T) {
 	}{
 		{"ingest/ holding a user's file and subfolder", userFolder},
 		{"a user's index.json alone", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.IndexFile), `{"name":"my-app","version":"1.0.0"}`)
+			testutil.WriteFile(t, filepath.Join(dir, layoutfs.IndexFile), `{"name":"my-app","version":"1.0.0"}`)
 		}},
 		{"a user's valid OCI index.json alone, which layercache did not write", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.IndexFile), `{"schemaVersion":2,"manifests":[]}`)
+			testutil.WriteFile(t, filepath.Join(dir, layoutfs.IndexFile), `{"schemaVersion":2,"manifests":[]}`)
 		}},
 		{"blobs/ holding a user's file", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.BlobsDir, "photo.jpg"), "jpeg")
+			testutil.WriteFile(t, filepath.Join(dir, layoutfs.BlobsDir, "photo.jpg"), "jpeg")
 		}},
 		{"blobs/ and ingest/ beside a user's index.json", func(t *testing.T, dir string) {
-			for _, d := range []string{layout.BlobsDir, layout.IngestDir} {
+			for _, d := range []string{layoutfs.BlobsDir, layoutfs.IngestDir} {
 				if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 					t.Fatal(err)
 				}
 			}
-			writeFile(t, filepath.Join(dir, layout.IndexFile), `{"name":"my-app"}`)
+			testutil.WriteFile(t, filepath.Join(dir, layoutfs.IndexFile), `{"name":"my-app"}`)
 		}},
 		{"ingest/ holding a user's file named like a lock, with a bad digest", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.IngestDir, "sha256-notes.lock"), "mine")
+			testutil.WriteFile(t, filepath.Join(dir, layoutfs.IngestDir, "sha256-notes.lock"), "mine")
 		}},
 		{"a stats file alone (no oci-layout)", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.StatsFile), `{"hits":1}`)
+			testutil.WriteFile(t, filepath.Join(dir, layoutfs.StatsFile), `{"hits":1}`)
 		}},
 		{"an index.json.corrupt alone (no oci-layout)", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.CorruptIndexFile), "garbage")
+			testutil.WriteFile(t, filepath.Join(dir, layoutfs.CorruptIndexFile), "garbage")
 		}},
 		{"ingest/ and blobs/ as files", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, layout.IngestDir), "a file")
-			writeFile(t, filepath.Join(dir, layout.BlobsDir), "a file")
+			testutil.WriteFile(t, filepath.Join(dir, layoutfs.IngestDir), "a file")
+			testutil.WriteFile(t, filepath.Join(dir, layoutfs.BlobsDir), "a file")
 		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			tc.setup(t, dir)
-			before := snapshot(t, dir)
-			p, err := layout.Create(dir)
-			if !errors.Is(err, layout.ErrNotLayout) {
+			before := testutil.Snapshot(t, dir)
+			p, err := layoutfs.Create(dir)
+			if !errors.Is(err, layoutfs.ErrNotLayout) {
 				t.Errorf("Create: got (%q, %v), want ErrNotLayout", p, err)
 			}
-			assertUnchanged(t, dir, before)
+			testutil.AssertUnchanged(t, dir, before)
 		})
 	}
 }
@@ -88,22 +89,22 @@ func TestCreate_RefusesFolderOfUserFiles(t *testing.T) {
 func TestCreate_FinishesOwnPartialLayout(t *testing.T) {
 	tests := []struct {
 		name  string
-		setup func(t *testing.T, p layout.Path)
+		setup func(t *testing.T, p layoutfs.Path)
 	}{
-		{"blobs/ alone (killed between the two mkdirs)", func(t *testing.T, p layout.Path) {
-			rmAll(t, p.Join(layout.IngestDir), p.Join(layout.IndexFile))
+		{"blobs/ alone (killed between the two mkdirs)", func(t *testing.T, p layoutfs.Path) {
+			rmAll(t, p.Join(layoutfs.IngestDir), p.Join(layoutfs.IndexFile))
 		}},
-		{"blobs/ and ingest/ (killed before index.json)", func(t *testing.T, p layout.Path) {
-			rmAll(t, p.Join(layout.IndexFile))
+		{"blobs/ and ingest/ (killed before index.json)", func(t *testing.T, p layoutfs.Path) {
+			rmAll(t, p.Join(layoutfs.IndexFile))
 		}},
-		{"an index.json temp file in ingest/ (killed before the link)", func(t *testing.T, p layout.Path) {
-			rmAll(t, p.Join(layout.IndexFile))
-			createTemp(t, p, layout.IndexFile+".*.tmp")
+		{"an index.json temp file in ingest/ (killed before the link)", func(t *testing.T, p layoutfs.Path) {
+			rmAll(t, p.Join(layoutfs.IndexFile))
+			createTemp(t, p, layoutfs.IndexFile+".*.tmp")
 		}},
-		{"index.json and an oci-layout temp file (killed before the rename)", func(t *testing.T, p layout.Path) {
-			createTemp(t, p, layout.LayoutFile+".*.tmp")
+		{"index.json and an oci-layout temp file (killed before the rename)", func(t *testing.T, p layoutfs.Path) {
+			createTemp(t, p, layoutfs.LayoutFile+".*.tmp")
 		}},
-		{"index.json and the index lock (no hard links: rename under the lock)", func(t *testing.T, p layout.Path) {
+		{"index.json and the index lock (no hard links: rename under the lock)", func(t *testing.T, p layoutfs.Path) {
 			l, err := p.LockIndex(t.Context())
 			if err != nil {
 				t.Fatal(err)
@@ -113,13 +114,13 @@ func TestCreate_FinishesOwnPartialLayout(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := layout.Create(t.TempDir())
+			p, err := layoutfs.Create(t.TempDir())
 			if err != nil {
 				t.Fatal(err)
 			}
-			rmAll(t, p.Join(layout.LayoutFile))
+			rmAll(t, p.Join(layoutfs.LayoutFile))
 			tc.setup(t, p)
-			if _, err := layout.Create(p.String()); err != nil {
+			if _, err := layoutfs.Create(p.String()); err != nil {
 				t.Fatalf("Create of a partial layout: %v", err)
 			}
 			assertLayout(t, p)
@@ -133,10 +134,10 @@ func TestCreate_FinishesOwnPartialLayout(t *testing.T) {
 // folder holds.
 func TestSweep_LeavesUserFiles(t *testing.T) {
 	p := newLayout(t)
-	ingest := func(name string) string { return p.Join(layout.IngestDir, name) }
+	ingest := func(name string) string { return p.Join(layoutfs.IngestDir, name) }
 
 	var ours []string
-	for _, pattern := range []string{"blob-*", layout.IndexFile + ".*.tmp", layout.LayoutFile + ".*.tmp", layout.StatsFile + ".*.tmp"} {
+	for _, pattern := range []string{"blob-*", layoutfs.IndexFile + ".*.tmp", layoutfs.LayoutFile + ".*.tmp", layoutfs.StatsFile + ".*.tmp"} {
 		ours = append(ours, filepath.Base(createTemp(t, p, pattern)))
 	}
 	l, err := p.LockBlob(t.Context(), digestB)
@@ -156,18 +157,18 @@ func TestSweep_LeavesUserFiles(t *testing.T) {
 		"index.json":             "a file named like a layout file, not a temp file",
 	}
 	for name := range theirs {
-		writeFile(t, ingest(name), "mine")
+		testutil.WriteFile(t, ingest(name), "mine")
 	}
 	// Folders are never swept, not even one at a name of ours.
 	dirs := []string{"batch", "blob-123.tmp", lockName(digestA)}
 	for _, d := range dirs {
-		writeFile(t, filepath.Join(ingest(d), "part-0001.csv"), "mine")
+		testutil.WriteFile(t, filepath.Join(ingest(d), "part-0001.csv"), "mine")
 		setAge(t, filepath.Join(ingest(d), "part-0001.csv"), 48*time.Hour)
 	}
 	for _, name := range append(append(ours, dirs...), keys(theirs)...) {
 		setAge(t, ingest(name), 48*time.Hour)
 	}
-	before := snapshot(t, p.Join(layout.IngestDir))
+	before := testutil.Snapshot(t, p.Join(layoutfs.IngestDir))
 
 	n, err := p.Sweep(t.Context(), time.Now().Add(-time.Hour))
 	if err != nil {
@@ -177,16 +178,16 @@ func TestSweep_LeavesUserFiles(t *testing.T) {
 		t.Errorf("Sweep removed %d files, want %d (%q)", n, len(ours), ours)
 	}
 	for _, name := range ours {
-		if exists(t, ingest(name)) {
+		if testutil.Exists(t, ingest(name)) {
 			t.Errorf("Sweep kept %s, an old file of layercache's", name)
 		}
 		delete(before, name)
 	}
 	// The removals changed ingest/'s mtime; everything else is as it was.
 	delete(before, ".")
-	after := snapshot(t, p.Join(layout.IngestDir))
+	after := testutil.Snapshot(t, p.Join(layoutfs.IngestDir))
 	delete(after, ".")
-	if d := before.diff(after); d != "" {
+	if d := before.Diff(after); d != "" {
 		t.Errorf("Sweep changed what is not layercache's:\n%s", d)
 	}
 }
@@ -213,7 +214,7 @@ func rmAll(t *testing.T, paths ...string) {
 
 // createTemp makes a temp file in ingest/ with p.CreateTemp, as layercache
 // does, and returns its path.
-func createTemp(t *testing.T, p layout.Path, pattern string) string {
+func createTemp(t *testing.T, p layoutfs.Path, pattern string) string {
 	t.Helper()
 	f, err := p.CreateTemp(pattern)
 	if err != nil {
@@ -231,19 +232,19 @@ func createTemp(t *testing.T, p layout.Path, pattern string) string {
 // says so.
 func TestRepairIndex_KeepsFolderContents(t *testing.T) {
 	p := newLayout(t)
-	rmAll(t, p.Join(layout.IndexFile))
-	writeFile(t, p.Join(layout.IndexFile, "mine.txt"), "mine")
+	rmAll(t, p.Join(layoutfs.IndexFile))
+	testutil.WriteFile(t, p.Join(layoutfs.IndexFile, "mine.txt"), "mine")
 	if rebuilt, _, err := p.RepairIndex(t.Context()); err != nil || !rebuilt {
 		t.Fatalf("RepairIndex of a folder at index.json: got (%v, %v), want (true, nil)", rebuilt, err)
 	}
-	if b, err := os.ReadFile(p.Join(layout.CorruptIndexFile, "mine.txt")); err != nil || string(b) != "mine" {
-		t.Errorf("%s/mine.txt: got (%q, %v), want the file the folder held", layout.CorruptIndexFile, b, err)
+	if b, err := os.ReadFile(p.Join(layoutfs.CorruptIndexFile, "mine.txt")); err != nil || string(b) != "mine" {
+		t.Errorf("%s/mine.txt: got (%q, %v), want the file the folder held", layoutfs.CorruptIndexFile, b, err)
 	}
 
-	writeFile(t, p.Join(layout.IndexFile), "garbage")
-	before := snapshot(t, p.Join(layout.CorruptIndexFile))
+	testutil.WriteFile(t, p.Join(layoutfs.IndexFile), "garbage")
+	before := testutil.Snapshot(t, p.Join(layoutfs.CorruptIndexFile))
 	if rebuilt, _, err := p.RepairIndex(t.Context()); err == nil || rebuilt {
-		t.Errorf("RepairIndex with a folder of files at %s: got (%v, %v), want an error", layout.CorruptIndexFile, rebuilt, err)
+		t.Errorf("RepairIndex with a folder of files at %s: got (%v, %v), want an error", layoutfs.CorruptIndexFile, rebuilt, err)
 	}
-	assertUnchanged(t, p.Join(layout.CorruptIndexFile), before)
+	testutil.AssertUnchanged(t, p.Join(layoutfs.CorruptIndexFile), before)
 }

@@ -1,4 +1,4 @@
-package layout_test
+package layoutfs_test
 
 import (
 	"bytes"
@@ -16,12 +16,13 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
+	"github.com/ocibuild/layercache/internal/testutil"
 )
 
-func newLayout(t *testing.T) layout.Path {
+func newLayout(t *testing.T) layoutfs.Path {
 	t.Helper()
-	p, err := layout.Create(t.TempDir())
+	p, err := layoutfs.Create(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +31,7 @@ func newLayout(t *testing.T) layout.Path {
 
 func TestReadIndex_Missing(t *testing.T) {
 	p := newLayout(t)
-	if err := os.Remove(p.Join(layout.IndexFile)); err != nil {
+	if err := os.Remove(p.Join(layoutfs.IndexFile)); err != nil {
 		t.Fatal(err)
 	}
 	idx, err := p.ReadIndex()
@@ -69,10 +70,10 @@ func TestReadIndex_Bad(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.reason, func(t *testing.T) {
 			p := newLayout(t)
-			if err := os.WriteFile(p.Join(layout.IndexFile), []byte(tc.content), 0o644); err != nil {
+			if err := os.WriteFile(p.Join(layoutfs.IndexFile), []byte(tc.content), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := p.ReadIndex(); !errors.Is(err, layout.ErrBadIndex) {
+			if _, err := p.ReadIndex(); !errors.Is(err, layoutfs.ErrBadIndex) {
 				t.Fatalf("ReadIndex: got %v, want ErrBadIndex", err)
 			}
 			// UpdateIndex replaces it: fn starts from an empty index.
@@ -99,7 +100,7 @@ func TestReadIndex_PaddedBelowLimit(t *testing.T) {
 	// Whitespace is not garbage: an index just under the limit parses.
 	p := newLayout(t)
 	content := `{"schemaVersion":2,"manifests":[]}` + strings.Repeat("\n", 1<<20)
-	if err := os.WriteFile(p.Join(layout.IndexFile), []byte(content), 0o644); err != nil {
+	if err := os.WriteFile(p.Join(layoutfs.IndexFile), []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := p.ReadIndex(); err != nil {
@@ -126,7 +127,7 @@ func TestUpdateIndex(t *testing.T) {
 	if err := p.UpdateIndex(t.Context(), func(idx *ocispec.Index) error { idx.Manifests = nil; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(p.Join(layout.IndexFile))
+	b, err := os.ReadFile(p.Join(layoutfs.IndexFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,14 +138,14 @@ func TestUpdateIndex(t *testing.T) {
 }
 
 // assertIngestClean fails if ingest/ holds anything but the index lock.
-func assertIngestClean(t *testing.T, p layout.Path) {
+func assertIngestClean(t *testing.T, p layoutfs.Path) {
 	t.Helper()
-	entries, err := os.ReadDir(p.Join(layout.IngestDir))
+	entries, err := os.ReadDir(p.Join(layoutfs.IngestDir))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if e.Name() != layout.IndexFile+".lock" {
+		if e.Name() != layoutfs.IndexFile+".lock" {
 			t.Errorf("ingest/ holds %s, want nothing but the index lock", e.Name())
 		}
 	}
@@ -153,7 +154,7 @@ func assertIngestClean(t *testing.T, p layout.Path) {
 func TestUpdateIndex_FnError(t *testing.T) {
 	p := newLayout(t)
 	addRef(t, p, "a")
-	before, err := os.ReadFile(p.Join(layout.IndexFile))
+	before, err := os.ReadFile(p.Join(layoutfs.IndexFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +166,7 @@ func TestUpdateIndex_FnError(t *testing.T) {
 	if !errors.Is(err, errStop) {
 		t.Errorf("UpdateIndex: got %v, want %v", err, errStop)
 	}
-	after, err := os.ReadFile(p.Join(layout.IndexFile))
+	after, err := os.ReadFile(p.Join(layoutfs.IndexFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +237,7 @@ func TestUpdateIndex_Goroutines(t *testing.T) {
 
 // assertRefs checks that the index holds exactly the names in want, each
 // once, in any order.
-func assertRefs(t *testing.T, p layout.Path, want []string) {
+func assertRefs(t *testing.T, p layoutfs.Path, want []string) {
 	t.Helper()
 	got := refNames(t, p)
 	sort.Strings(got)
@@ -254,26 +255,26 @@ func TestUpdateIndex_Processes(t *testing.T) {
 	const each = 20
 	if dir := os.Getenv(childDirEnv); dir != "" {
 		id := os.Getenv(childIDEnv)
-		childBarrier(t, os.Getenv(childSyncEnv), id)
+		testutil.ChildBarrier(t, os.Getenv(childSyncEnv), id)
 		for i := range each {
-			addRef(t, layout.Path(dir), id+"-"+strconv.Itoa(i))
+			addRef(t, layoutfs.Path(dir), id+"-"+strconv.Itoa(i))
 		}
 		return
 	}
 	p := newLayout(t)
 	syncDir := t.TempDir()
 	ids := []string{"p0", "p1", "p2"}
-	var children []*child
+	var children []*testutil.Child
 	for _, id := range ids {
-		children = append(children, startChild(t, t.Name(),
+		children = append(children, testutil.StartChild(t, t.Name(),
 			childDirEnv+"="+p.String(), childIDEnv+"="+id, childSyncEnv+"="+syncDir))
 	}
-	releaseChildren(t, syncDir, ids)
+	testutil.ReleaseChildren(t, syncDir, ids)
 	for i := range each {
 		addRef(t, p, "parent-"+strconv.Itoa(i))
 	}
 	for _, c := range children {
-		c.wait(t)
+		c.Wait(t)
 	}
 	var want []string
 	for _, id := range append(ids, "parent") {

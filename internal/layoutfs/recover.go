@@ -1,4 +1,4 @@
-package layout
+package layoutfs
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"os"
 	"sort"
 
+	"github.com/ocibuild/layercache/internal/fsutil"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -17,12 +18,6 @@ import (
 // index is kept, for a person to look at, when it is rebuilt. Only the last
 // one is kept.
 const CorruptIndexFile = IndexFile + ".corrupt"
-
-// MaxManifestSize bounds every manifest, index and config that layercache
-// reads whole into memory: a rebuild of index.json, the store's whole-blob
-// reads (store.MaxBlobInMemory) and every pull's. Registries refuse
-// manifests over 4 MiB (distribution's limit); twice that leaves room.
-const MaxManifestSize = 8 << 20
 
 // Media types of the Docker manifests that a rebuild recognises beside the
 // OCI ones.
@@ -104,7 +99,7 @@ func (p Path) storedImages(ctx context.Context) ([]ocispec.Descriptor, error) {
 		if CheckDir(dir) != nil {
 			continue
 		}
-		entries, err := readDir(dir, true)
+		entries, err := fsutil.ReadDir(dir, true)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
@@ -143,7 +138,7 @@ func (p Path) storedImages(ctx context.Context) ([]ocispec.Descriptor, error) {
 // index whose bytes hash to d, returns its descriptor and, for an index,
 // the digests it lists.
 func readManifest(path string, d digest.Digest) (ocispec.Descriptor, []digest.Digest, bool) {
-	b, err := readSmallFile(path, MaxManifestSize)
+	b, err := fsutil.ReadSmallFile(path, MaxManifestSize)
 	if err != nil || len(b) == 0 || len(b) > MaxManifestSize || b[0] != '{' || d.Algorithm().FromBytes(b) != d {
 		return ocispec.Descriptor{}, nil, false
 	}
@@ -166,30 +161,4 @@ func readManifest(path string, d digest.Digest) (ocispec.Descriptor, []digest.Di
 		return ocispec.Descriptor{MediaType: mt, Digest: d, Size: int64(len(b))}, nil, true
 	}
 	return ocispec.Descriptor{}, nil, false
-}
-
-// ManifestMediaType returns the media type of the manifest or index raw:
-// its own mediaType field, or, when the field is absent (it is optional in
-// OCI manifests), what its shape says: an index lists manifests and has
-// no config, an image manifest the other way round. It returns "" for
-// anything else, which no pull or rebuild takes as a manifest. It is the
-// one sniffer of manifests in layercache.
-func ManifestMediaType(raw []byte) string {
-	var m struct {
-		MediaType string          `json:"mediaType"`
-		Config    json.RawMessage `json:"config"`
-		Manifests json.RawMessage `json:"manifests"`
-	}
-	if json.Unmarshal(raw, &m) != nil {
-		return ""
-	}
-	switch {
-	case m.MediaType != "":
-		return m.MediaType
-	case m.Manifests != nil && m.Config == nil:
-		return ocispec.MediaTypeImageIndex
-	case m.Config != nil && m.Manifests == nil:
-		return ocispec.MediaTypeImageManifest
-	}
-	return ""
 }

@@ -1,4 +1,4 @@
-package layout_test
+package layoutfs_test
 
 import (
 	"bytes"
@@ -11,7 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
 )
 
 // fzManifest is an image manifest stored as a blob in the fuzzed layout,
@@ -35,7 +35,7 @@ func FuzzIndex(f *testing.F) {
 	}
 
 	dir := f.TempDir()
-	p, err := layout.Create(dir)
+	p, err := layoutfs.Create(dir)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -49,12 +49,12 @@ func FuzzIndex(f *testing.F) {
 	}
 
 	f.Fuzz(func(t *testing.T, content []byte) {
-		os.Remove(p.Join(layout.CorruptIndexFile))
-		if err := os.WriteFile(p.Join(layout.IndexFile), content, 0o644); err != nil {
+		os.Remove(p.Join(layoutfs.CorruptIndexFile))
+		if err := os.WriteFile(p.Join(layoutfs.IndexFile), content, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		before, rerr := p.ReadIndex()
-		if rerr != nil && !errors.Is(rerr, layout.ErrBadIndex) {
+		if rerr != nil && !errors.Is(rerr, layoutfs.ErrBadIndex) {
 			t.Fatalf("ReadIndex: %v, want nil or ErrBadIndex", rerr)
 		}
 		if rerr == nil {
@@ -82,9 +82,9 @@ func FuzzIndex(f *testing.F) {
 			return
 		}
 		// A bad index: kept aside, and rebuilt with the stored manifest.
-		kept, err := os.ReadFile(p.Join(layout.CorruptIndexFile))
+		kept, err := os.ReadFile(p.Join(layoutfs.CorruptIndexFile))
 		if err != nil || !bytes.Equal(kept, content) {
-			t.Fatalf("the bad index.json was not kept as %s (%v)", layout.CorruptIndexFile, err)
+			t.Fatalf("the bad index.json was not kept as %s (%v)", layoutfs.CorruptIndexFile, err)
 		}
 		var rebuilt bool
 		for _, m := range after.Manifests {
@@ -103,7 +103,7 @@ func fzCheckIndex(t *testing.T, idx ocispec.Index) {
 		t.Fatalf("index: schemaVersion %d, manifests %v", idx.SchemaVersion, idx.Manifests)
 	}
 	for i, m := range idx.Manifests {
-		if err := layout.Validate(m.Digest); err != nil {
+		if err := layoutfs.Validate(m.Digest); err != nil {
 			t.Fatalf("index: manifests[%d]: %v", i, err)
 		}
 	}

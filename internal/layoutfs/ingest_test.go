@@ -1,4 +1,4 @@
-package layout_test
+package layoutfs_test
 
 import (
 	"context"
@@ -13,7 +13,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocibuild/layercache/layout"
+	"github.com/ocibuild/layercache/internal/layoutfs"
+	"github.com/ocibuild/layercache/internal/testutil"
 )
 
 func TestCreateTemp(t *testing.T) {
@@ -34,7 +35,7 @@ func TestCreateTemp(t *testing.T) {
 			}
 			defer os.Remove(f.Name())
 			defer f.Close()
-			if got, want := filepath.Dir(f.Name()), p.Join(layout.IngestDir); got != want {
+			if got, want := filepath.Dir(f.Name()), p.Join(layoutfs.IngestDir); got != want {
 				t.Errorf("dir: got %q, want %q", got, want)
 			}
 			base := filepath.Base(f.Name())
@@ -55,7 +56,7 @@ func TestCreateTemp_RefusesForeignPattern(t *testing.T) {
 			t.Errorf("CreateTemp(%q) made %s, which Sweep would never remove", pattern, f.Name())
 		}
 	}
-	entries, err := os.ReadDir(p.Join(layout.IngestDir))
+	entries, err := os.ReadDir(p.Join(layoutfs.IngestDir))
 	if err != nil || len(entries) != 0 {
 		t.Errorf("ingest/ after refused CreateTemp calls: %d entries (%v), want none", len(entries), err)
 	}
@@ -63,7 +64,7 @@ func TestCreateTemp_RefusesForeignPattern(t *testing.T) {
 
 func TestCreateTemp_IngestRemovedByHand(t *testing.T) {
 	p := newLayout(t)
-	if err := os.RemoveAll(p.Join(layout.IngestDir)); err != nil {
+	if err := os.RemoveAll(p.Join(layoutfs.IngestDir)); err != nil {
 		t.Fatal(err)
 	}
 	f, err := p.CreateTemp("blob-*")
@@ -71,7 +72,7 @@ func TestCreateTemp_IngestRemovedByHand(t *testing.T) {
 		t.Fatalf("CreateTemp after ingest/ was removed: %v", err)
 	}
 	f.Close()
-	if got, want := filepath.Dir(f.Name()), p.Join(layout.IngestDir); got != want {
+	if got, want := filepath.Dir(f.Name()), p.Join(layoutfs.IngestDir); got != want {
 		t.Errorf("dir: got %q, want %q", got, want)
 	}
 }
@@ -107,7 +108,7 @@ func TestLockBlob_Excludes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !exists(t, p.Join(layout.IngestDir, lockName(digestA))) {
+	if !testutil.Exists(t, p.Join(layoutfs.IngestDir, lockName(digestA))) {
 		t.Errorf("lock file %s not in ingest/", lockName(digestA))
 	}
 
@@ -163,7 +164,7 @@ func TestLockBlob_CancelledContext(t *testing.T) {
 }
 
 func TestLock_UnlockNil(t *testing.T) {
-	var l *layout.Lock
+	var l *layoutfs.Lock
 	if err := l.Unlock(); err != nil {
 		t.Errorf("nil Unlock: got %v, want nil", err)
 	}
@@ -175,19 +176,19 @@ func TestLock_UnlockNil(t *testing.T) {
 // without waiting at all, not after some stale-lock delay.
 func TestLockBlob_Process(t *testing.T) {
 	if dir := os.Getenv(childDirEnv); dir != "" {
-		l, err := layout.Path(dir).LockBlob(context.Background(), digestA)
+		l, err := layoutfs.Path(dir).LockBlob(context.Background(), digestA)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer l.Unlock()
-		writeFile(t, filepath.Join(os.Getenv(childSyncEnv), "locked"), "")
+		testutil.WriteFile(t, filepath.Join(os.Getenv(childSyncEnv), "locked"), "")
 		time.Sleep(time.Minute) // until the parent kills us
 		return
 	}
 	p := newLayout(t)
 	syncDir := t.TempDir()
-	c := startChild(t, t.Name(), childDirEnv+"="+p.String(), childSyncEnv+"="+syncDir)
-	waitFile(t, filepath.Join(syncDir, "locked"), time.Minute)
+	c := testutil.StartChild(t, t.Name(), childDirEnv+"="+p.String(), childSyncEnv+"="+syncDir)
+	testutil.WaitFile(t, filepath.Join(syncDir, "locked"), time.Minute)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
@@ -196,19 +197,19 @@ func TestLockBlob_Process(t *testing.T) {
 		t.Fatalf("LockBlob held by another process: got %v, want context.DeadlineExceeded", err)
 	}
 
-	lockPath := p.Join(layout.IngestDir, lockName(digestA))
+	lockPath := p.Join(layoutfs.IngestDir, lockName(digestA))
 	setAge(t, lockPath, 2*time.Hour)
 	if _, err := p.Sweep(t.Context(), time.Now().Add(-time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if !exists(t, lockPath) {
+	if !testutil.Exists(t, lockPath) {
 		t.Fatal("Sweep removed a lock held by another process")
 	}
 
-	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := c.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.cmd.Wait(); err == nil {
+	if err := c.Cmd.Wait(); err == nil {
 		t.Fatal("child exited cleanly; want it killed")
 	}
 	l, err := p.LockBlob(&noWait{Context: t.Context()}, digestA)
@@ -222,7 +223,7 @@ func TestLockBlob_Process(t *testing.T) {
 	if n, err := p.Sweep(t.Context(), time.Now().Add(-time.Hour)); err != nil || n != 1 {
 		t.Errorf("Sweep: got (%d, %v), want (1, nil)", n, err)
 	}
-	if exists(t, lockPath) {
+	if testutil.Exists(t, lockPath) {
 		t.Error("Sweep kept an old unheld lock file")
 	}
 }
@@ -268,7 +269,7 @@ func TestNoWait(t *testing.T) {
 
 func TestSweep(t *testing.T) {
 	p := newLayout(t)
-	ingest := func(name string) string { return p.Join(layout.IngestDir, name) }
+	ingest := func(name string) string { return p.Join(layoutfs.IngestDir, name) }
 
 	// The index lock exists once index.json was updated.
 	addRef(t, p, "a")
@@ -303,15 +304,15 @@ func TestSweep(t *testing.T) {
 		{lockName(digestA), true, true, "old lock that is held"},
 		{lockName(digestB), true, false, "old lock that nobody holds"},
 		{lockName(youngUnheld), false, true, "young lock that nobody holds"},
-		{layout.IndexFile + ".lock", true, true, "the index lock, never removed"},
-		{layout.StatsFile + ".lock", true, true, "the stats lock, never removed"},
+		{layoutfs.IndexFile + ".lock", true, true, "the index lock, never removed"},
+		{layoutfs.StatsFile + ".lock", true, true, "the stats lock, never removed"},
 	}
 	for _, f := range files {
 		switch {
 		case f.name == "blob-dir.tmp":
-			writeFile(t, filepath.Join(ingest(f.name), "inner"), "x")
-		case !exists(t, ingest(f.name)):
-			writeFile(t, ingest(f.name), "x")
+			testutil.WriteFile(t, filepath.Join(ingest(f.name), "inner"), "x")
+		case !testutil.Exists(t, ingest(f.name)):
+			testutil.WriteFile(t, ingest(f.name), "x")
 		}
 		if f.old {
 			setAge(t, ingest(f.name), 2*time.Hour)
@@ -326,7 +327,7 @@ func TestSweep(t *testing.T) {
 		if !f.kept {
 			wantRemoved++
 		}
-		if got := exists(t, ingest(f.name)); got != f.kept {
+		if got := testutil.Exists(t, ingest(f.name)); got != f.kept {
 			t.Errorf("%s (%s): exists after Sweep = %v, want %v", f.name, f.reason, got, f.kept)
 		}
 	}
@@ -345,7 +346,7 @@ func TestSweep(t *testing.T) {
 
 func TestSweep_NoIngest(t *testing.T) {
 	p := newLayout(t)
-	if err := os.RemoveAll(p.Join(layout.IngestDir)); err != nil {
+	if err := os.RemoveAll(p.Join(layoutfs.IngestDir)); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := p.Sweep(t.Context(), time.Now()); err != nil || n != 0 {
@@ -355,14 +356,14 @@ func TestSweep_NoIngest(t *testing.T) {
 
 func TestSweep_CancelledContext(t *testing.T) {
 	p := newLayout(t)
-	writeFile(t, p.Join(layout.IngestDir, "blob-1.tmp"), "x")
-	setAge(t, p.Join(layout.IngestDir, "blob-1.tmp"), 2*time.Hour)
+	testutil.WriteFile(t, p.Join(layoutfs.IngestDir, "blob-1.tmp"), "x")
+	setAge(t, p.Join(layoutfs.IngestDir, "blob-1.tmp"), 2*time.Hour)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	if _, err := p.Sweep(ctx, time.Now()); !errors.Is(err, context.Canceled) {
 		t.Errorf("Sweep: got %v, want context.Canceled", err)
 	}
-	if !exists(t, p.Join(layout.IngestDir, "blob-1.tmp")) {
+	if !testutil.Exists(t, p.Join(layoutfs.IngestDir, "blob-1.tmp")) {
 		t.Error("a cancelled Sweep removed a file")
 	}
 }
