@@ -9,6 +9,7 @@
 // A ko-based tool adds a few lines where it builds:
 //
 //	s, err := store.Open(dir) // dir from cachedir.Dir(), or your own
+//	defer s.Close()           // writes the pull counters (layercache stats)
 //	getBase := kocache.GetBase(s, kocache.Bases{Default: "cgr.dev/chainguard/static:latest"},
 //		remotecache.WithKeychain(authn.DefaultKeychain))
 //	b, err := build.NewGo(ctx, ".", build.WithBaseImages(getBase), build.WithPlatforms("linux/amd64", "linux/arm64"))

@@ -109,6 +109,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	defer s.Close() // writes the pull counters it holds in memory (layercache stats)
 	fmt.Fprintf(stderr, "cache: %s\n", s.Dir())
 
 	baseRef, dstRef, cleanup, err := scaffold.Refs(ctx, *baseFlag, *dstFlag, "example/hello:latest", *serve, stderr)
