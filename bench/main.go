@@ -194,6 +194,8 @@ func (b *bench) measure(ctx context.Context) {
 		set{"CLI", b.cliFigures},
 		set{"latency", b.latencyWarm},
 		set{"cached warm", b.cachedWarm},
+		set{"kill and resume", b.killedWarm},
+		set{"cut twice", b.cutPull},
 	)
 	for _, s := range sets {
 		if ctx.Err() != nil {
