@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,5 +54,21 @@ func TestMirrorsEnv_ExitCodes(t *testing.T) {
 	}
 	if !strings.HasPrefix(stdout, strings.TrimSuffix(f.single, ":v1")+"@sha256:") {
 		t.Errorf("with --mirror: stdout = %q, want the image's summary", stdout)
+	}
+
+	// The counters split the warm's fetches by host: the manifest by tag
+	// came from the upstream (the mirror may not resolve tags), all the
+	// rest from the mirror, which answered first.
+	var st statsJSON
+	if err := json.Unmarshal([]byte(mustRun(t, "--cache-dir", cache, "--json", "stats")), &st); err != nil {
+		t.Fatal(err)
+	}
+	mirror, up := st.Counters.Hosts["http://"+f.host], st.Counters.Hosts[f.host]
+	if len(st.Counters.Hosts) != 2 || up.Blobs != 1 || mirror.Blobs+up.Blobs != st.Counters.Misses ||
+		mirror.Bytes+up.Bytes != st.Counters.MissBytes {
+		t.Errorf("stats: counters %+v, want the tag's manifest from %s and the other misses from the mirror http://%s", st.Counters, f.host, f.host)
+	}
+	if out := mustRun(t, "--cache-dir", cache, "stats"); !strings.Contains(out, "from http://"+f.host+": ") {
+		t.Errorf("stats: %q does not name the mirror", out)
 	}
 }

@@ -38,6 +38,8 @@ type globals struct {
 	stdout io.Writer
 	stderr io.Writer
 	log    *slog.Logger
+
+	stores []*store.Store // opened by openStore, closed by run
 }
 
 // usageError marks an error the user fixes by changing the command line;
@@ -67,6 +69,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	for _, s := range g.stores {
+		// Writes the counters of pulls (store.Count); they are advice,
+		// so an error is the debug log's.
+		if cerr := s.Close(); cerr != nil && g.log != nil {
+			g.log.Debug("writing the cache's counters", "dir", s.Dir(), "err", cerr)
+		}
+	}
 	if err == nil {
 		return exitOK
 	}
@@ -215,6 +224,7 @@ func (g *globals) openStore(opts ...store.Option) (*store.Store, error) {
 		return nil, err
 	}
 	g.log.Debug("cache directory", "dir", s.Dir())
+	g.stores = append(g.stores, s)
 	return s, nil
 }
 

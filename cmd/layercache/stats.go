@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -26,7 +28,8 @@ func newStatsCmd(g *globals) *cobra.Command {
 		Short: "Summarise the cache: blobs, bytes, refs, hits and misses",
 		Long: `Print how many blobs and bytes the cache holds, how many refs, the oldest and
 newest last use, and the counters that pulls through the cache add to: blobs
-and bytes served from the cache (bytes saved) and fetched from registries.`,
+and bytes served from the cache (bytes saved) and fetched from registries,
+split by host when pulls went through mirrors.`,
 		Example: `  # At the end of a CI job: what did the cache save?
   layercache stats
 
@@ -77,6 +80,9 @@ and bytes served from the cache (bytes saved) and fetched from registries.`,
 			fmt.Fprintf(g.stdout, "last use:  oldest %s, newest %s\n", ago(now, oldest), ago(now, newest))
 			fmt.Fprintf(g.stdout, "hits:      %d blobs, %s saved\n", c.Hits, humanBytes(c.HitBytes))
 			fmt.Fprintf(g.stdout, "misses:    %d blobs, %s fetched\n", c.Misses, humanBytes(c.MissBytes))
+			for _, h := range slices.Sorted(maps.Keys(c.Hosts)) {
+				fmt.Fprintf(g.stdout, "  from %s: %d blobs, %s\n", h, c.Hosts[h].Blobs, humanBytes(c.Hosts[h].Bytes))
+			}
 			if total := c.Hits + c.Misses; total > 0 {
 				fmt.Fprintf(g.stdout, "hit rate:  %.0f%% of blobs since %s\n", 100*float64(c.Hits)/float64(total), c.Since.Local().Format("2006-01-02"))
 			}

@@ -89,7 +89,7 @@ func (p *puller) remote(ctx context.Context) (*remote.Puller, error) {
 }
 
 func newPuller(s *store.Store, o *options, repo name.Repository) *puller {
-	return &puller{s: s, o: o, repo: repo, offline: o.offline, stats: &counters{record: recordTo(o.ctx, s), user: o.counters}}
+	return &puller{s: s, o: o, repo: repo, offline: o.offline, stats: &counters{record: s.Count, user: o.counters, byHost: len(o.mirrors[repo.RegistryStr()]) > 0}}
 }
 
 // resolve finds the manifest (or index) a reference names, from the cache
@@ -289,6 +289,7 @@ func (p *puller) getByTag(ctx context.Context, rp *remote.Puller, ref name.Refer
 				return "", nil, err
 			}
 			d := digest.FromBytes(raw)
+			p.stats.noteHost(p.repo.RegistryStr(), int64(len(raw)))
 			p.keepFetched(ctx, d, raw)
 			return d, raw, nil
 		}
@@ -325,6 +326,7 @@ func (p *puller) getByTag(ctx context.Context, rp *remote.Puller, ref name.Refer
 		return "", nil, err
 	}
 	d := digest.FromBytes(raw)
+	p.stats.noteHost(p.repo.RegistryStr(), int64(len(raw))) // keepFetched counts the miss
 	p.keepFetched(ctx, d, raw)
 	return d, raw, nil
 }

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -1210,5 +1211,43 @@ func TestImage_NewTagWaitIsBounded(t *testing.T) {
 	}
 	if tag, heads := reg.manifestGetsOf("v1"), reg.heads(); tag != 0 || heads != 1 {
 		t.Errorf("%d GETs by tag and %d HEADs, want 0 and 1", tag, heads)
+	}
+}
+
+// The counters of an Image pull are held by the store (store.Count): the
+// pulling process sees them at once, another process once Close wrote
+// them, all of them and once.
+func TestImage_CountersWrittenByClose(t *testing.T) {
+	reg := newTestRegistry(t)
+	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 3, 3, 2048))
+	s, dir := openStore(t)
+	img, err := remotecache.Image(fx.ref, s, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.assertImage(t, img, fx.img) // reads every layer
+	here, err := s.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The manifest, the config and the three layers; reading them again
+	// (assertImage does) counts hits.
+	if here.Misses != 5 {
+		t.Errorf("Stats in the pulling process: %+v, want 5 misses", here)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	other, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	there, err := other.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	there.Since, here.Since = time.Time{}, time.Time{}
+	if !reflect.DeepEqual(there, here) {
+		t.Errorf("Stats in another process after Close: %+v, want %+v", there, here)
 	}
 }

@@ -33,7 +33,9 @@ type Mirror struct {
 	// Header is added to every request to the mirror.
 	Header http.Header
 	// Transport, if set, replaces the pull's transport for this mirror
-	// (custom TLS: a CA of its own, or skipping verification).
+	// (custom TLS: a CA of its own, or skipping verification). Unset, the
+	// mirror uses WithTransport's; a transport given through WithRemote
+	// is the upstream's alone.
 	Transport http.RoundTripper
 }
 
@@ -175,15 +177,18 @@ func (p *puller) remoteOf(ctx context.Context, h *host) (*remote.Puller, error) 
 		if len(h.mirror.Header) > 0 {
 			base = &headerTransport{base: base, header: h.mirror.Header}
 		}
-		ro := []remote.Option{remote.WithTransport(&handoffTransport{base: base}), remote.WithJobs(p.o.jobs)}
+		ro := []remote.Option{remote.WithJobs(p.o.jobs)}
 		if p.o.userAgent != "" {
 			ro = append(ro, remote.WithUserAgent(p.o.userAgent))
 		}
 		if p.o.keychain != nil {
 			ro = append(ro, remote.WithAuthFromKeychain(p.o.keychain))
 		}
+		// The transport comes after the caller's options: a transport
+		// given in WithRemote is the upstream's, and would drop the
+		// mirror's headers, CA and the hand-off.
 		ro = append(ro, p.o.remote...)
-		ro = append(ro, remote.WithContext(p.o.ctx))
+		ro = append(ro, remote.WithTransport(&handoffTransport{base: base}), remote.WithContext(p.o.ctx))
 		h.rp, h.rpErr = remote.NewPuller(ro...)
 	})
 	return h.rp, h.rpErr

@@ -143,28 +143,40 @@ func TestImage_MirrorWrongBytesHealInCall(t *testing.T) {
 }
 
 // With the upstream down, a mirror that may resolve tags serves a cold
-// pull whole, and its headers go with every request to it.
+// pull whole, and its headers go with every request to it, also when the
+// caller gave ggcr a transport of its own (WithRemote), which is the
+// upstream's.
 func TestImage_MirrorResolvesWhenUpstreamIsDown(t *testing.T) {
-	m := newMirrored(t, 94)
-	var sawHeader, requests atomic.Int64
-	front := newInterceptor(t, m.mirror, func(w http.ResponseWriter, req *http.Request) bool {
-		requests.Add(1)
-		if req.Header.Get("X-Fleet") == "runner-7" {
-			sawHeader.Add(1)
-		}
-		return false
-	})
-	front.armed.Store(true)
-	m.up.srv.Close()
-	s, _ := openStore(t)
-	mirror := remotecache.Mirror{URL: "http://" + front.host(), Resolve: true, Header: http.Header{"X-Fleet": {"runner-7"}}}
-	img, err := remotecache.Image(m.fx.ref, s, m.opts(mirror)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.fx.assertImage(t, img, m.fx.img)
-	if r, h := requests.Load(), sawHeader.Load(); r == 0 || h != r {
-		t.Errorf("%d of %d requests to the mirror carried its header", h, r)
+	for _, tc := range []struct {
+		name  string
+		extra []remotecache.Option
+	}{
+		{"plain", nil},
+		{"caller's transport", []remotecache.Option{remotecache.WithRemote(remote.WithTransport(http.DefaultTransport))}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMirrored(t, 94)
+			var sawHeader, requests atomic.Int64
+			front := newInterceptor(t, m.mirror, func(w http.ResponseWriter, req *http.Request) bool {
+				requests.Add(1)
+				if req.Header.Get("X-Fleet") == "runner-7" {
+					sawHeader.Add(1)
+				}
+				return false
+			})
+			front.armed.Store(true)
+			m.up.srv.Close()
+			s, _ := openStore(t)
+			mirror := remotecache.Mirror{URL: "http://" + front.host(), Resolve: true, Header: http.Header{"X-Fleet": {"runner-7"}}}
+			img, err := remotecache.Image(m.fx.ref, s, append(m.opts(mirror), tc.extra...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.fx.assertImage(t, img, m.fx.img)
+			if r, h := requests.Load(), sawHeader.Load(); r == 0 || h != r {
+				t.Errorf("%d of %d requests to the mirror carried its header", h, r)
+			}
+		})
 	}
 }
 

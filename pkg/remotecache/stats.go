@@ -1,7 +1,6 @@
 package remotecache
 
 import (
-	"context"
 	"maps"
 	"sync"
 
@@ -9,9 +8,10 @@ import (
 )
 
 // counters tallies where the blobs of one operation came from. When
-// record is set, each event is also added to the store's persistent
-// counters (store.AddStats) at once, for pulls that have no end to report
-// at; Warm records its totals once instead.
+// record is set, each event is also handed to the store's persistent
+// counters (store.Count, which writes them together within a second), for
+// pulls that have no end to report at; Warm records its totals once
+// instead. Hosts are recorded too when the pull has mirrors (byHost).
 type counters struct {
 	mu        sync.Mutex
 	hits      int
@@ -22,6 +22,7 @@ type counters struct {
 
 	record func(store.Stats)
 	user   *Counters // WithCounters
+	byHost bool      // the pull has mirrors: record the misses by host
 }
 
 func (c *counters) hit(n int64) {
@@ -57,7 +58,6 @@ func (c *counters) missFrom(host string, n int64) {
 // miss counted apart.
 func (c *counters) noteHost(host string, n int64) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.hosts == nil {
 		c.hosts = map[string]Tally{}
 	}
@@ -65,10 +65,26 @@ func (c *counters) noteHost(host string, n int64) {
 	t.Blobs++
 	t.Bytes += n
 	c.hosts[host] = t
+	c.mu.Unlock()
+	if c.record != nil && c.byHost {
+		c.record(store.Stats{Hosts: map[string]store.HostStats{host: {Blobs: 1, Bytes: n}}})
+	}
 }
 
-// byHost returns the blobs fetched from each host.
-func (c *counters) byHost() map[string]Tally {
+// storeHosts converts tallies by host to the store's counters.
+func storeHosts(hosts map[string]Tally) map[string]store.HostStats {
+	if len(hosts) == 0 {
+		return nil
+	}
+	m := make(map[string]store.HostStats, len(hosts))
+	for h, t := range hosts {
+		m[h] = store.HostStats{Blobs: int64(t.Blobs), Bytes: t.Bytes}
+	}
+	return m
+}
+
+// hostTallies returns the blobs fetched from each host.
+func (c *counters) hostTallies() map[string]Tally {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return maps.Clone(c.hosts)
@@ -78,14 +94,6 @@ func (c *counters) snapshot() (hits int, hitBytes int64, misses int, missBytes i
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.hits, c.hitBytes, c.misses, c.missBytes
-}
-
-// recordTo returns a record func that adds to s's counters. Failures (a
-// read-only cache) are ignored: counters are advice.
-func recordTo(ctx context.Context, s *store.Store) func(store.Stats) {
-	return func(delta store.Stats) {
-		_ = s.AddStats(context.WithoutCancel(ctx), delta)
-	}
 }
 
 // Counters tallies where the blobs of the pulls it is passed to (with

@@ -164,11 +164,13 @@ func Warm(ctx context.Context, ref name.Reference, s *store.Store, opts ...Optio
 	}
 	rep.Cached.Blobs, rep.Cached.Bytes, rep.Fetched.Blobs, rep.Fetched.Bytes = p.stats.snapshot()
 	if len(p.hosts()) > 1 {
-		rep.Hosts = p.stats.byHost()
+		rep.Hosts = p.stats.hostTallies()
 	}
-	recordTo(ctx, s)(store.Stats{
+	// Failures (a read-only cache) are ignored: counters are advice.
+	_ = s.AddStats(context.WithoutCancel(ctx), store.Stats{
 		Hits: int64(rep.Cached.Blobs), HitBytes: rep.Cached.Bytes,
 		Misses: int64(rep.Fetched.Blobs), MissBytes: rep.Fetched.Bytes,
+		Hosts: storeHosts(rep.Hosts),
 	})
 	rep.Duration = time.Since(start)
 	return rep, nil

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -14,7 +15,7 @@ import (
 func TestStats(t *testing.T) {
 	s := mustOpen(t, t.TempDir())
 	ctx := context.Background()
-	if st, err := s.Stats(ctx); err != nil || st != (store.Stats{}) {
+	if st, err := s.Stats(ctx); err != nil || !reflect.DeepEqual(st, store.Stats{}) {
 		t.Errorf("Stats of a new store: got (%+v, %v), want zero", st, err)
 	}
 	start := time.Now().Add(-time.Second)
@@ -40,7 +41,7 @@ func TestStats(t *testing.T) {
 		t.Errorf("Since moved: got %v, want %v", got.Since, want.Since)
 	}
 	got.Since, want.Since = time.Time{}, time.Time{}
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Stats: got %+v, want %+v", got, want)
 	}
 
@@ -57,7 +58,7 @@ func TestStats_Garbage(t *testing.T) {
 	s := mustOpen(t, t.TempDir())
 	ctx := context.Background()
 	writeFile(t, s.Layout().Join(layout.StatsFile), "{not json")
-	if st, err := s.Stats(ctx); err != nil || st != (store.Stats{}) {
+	if st, err := s.Stats(ctx); err != nil || !reflect.DeepEqual(st, store.Stats{}) {
 		t.Errorf("Stats of a garbage file: got (%+v, %v), want zero counters, no error (they are advice)", st, err)
 	}
 	if err := s.AddStats(ctx, store.Stats{Misses: 1}); err != nil {
@@ -104,5 +105,48 @@ func TestStats_CancelledContext(t *testing.T) {
 	}
 	if err := s.ResetStats(ctx); !errors.Is(err, context.Canceled) {
 		t.Errorf("ResetStats: got %v, want context.Canceled", err)
+	}
+}
+
+// Count holds counters in memory: Stats in the same process sees them at
+// once, another Store on the directory (another process) once Close has
+// written them, and by host.
+func TestStats_Count(t *testing.T) {
+	ctx := context.Background()
+	s := mustOpen(t, t.TempDir())
+	other := mustOpen(t, s.Dir())
+	for range 3 {
+		s.Count(store.Stats{Misses: 1, MissBytes: 10, Hosts: map[string]store.HostStats{"mirror.example": {Blobs: 1, Bytes: 10}}})
+	}
+	s.Count(store.Stats{Hits: 1, HitBytes: 5})
+	want := store.Stats{Hits: 1, HitBytes: 5, Misses: 3, MissBytes: 30, Hosts: map[string]store.HostStats{"mirror.example": {Blobs: 3, Bytes: 30}}}
+	got, err := s.Stats(ctx)
+	got.Since = time.Time{}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("Stats in the counting process: got (%+v, %v), want %+v", got, err, want)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	for _, st := range []*store.Store{s, other} {
+		got, err := st.Stats(ctx)
+		if got.Since.IsZero() {
+			t.Errorf("Since not set after Close")
+		}
+		got.Since = time.Time{}
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("Stats after Close: got (%+v, %v), want %+v (written once, not twice)", got, err, want)
+		}
+	}
+	// ResetStats drops what is counted and not written yet.
+	s.Count(store.Stats{Hits: 7})
+	if err := s.ResetStats(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := other.Stats(ctx); err != nil || got.Hits != 0 || got.Misses != 0 || got.Hosts != nil {
+		t.Errorf("Stats after ResetStats: got (%+v, %v), want zero", got, err)
 	}
 }

@@ -59,6 +59,7 @@ type Store struct {
 	log     *slog.Logger
 	now     func() time.Time
 	locks   blobLocks
+	counts  counting // see Count
 }
 
 // Info describes a stored blob, from the file system alone (no hashing).
