@@ -203,6 +203,8 @@ func (b *bench) measure(ctx context.Context) {
 		set{"cut twice", b.cutPull},
 		set{"fleet", b.fleet},
 		set{"mirror latency", b.mirrorLatency},
+		set{"serve warm", b.serveWarm},
+		set{"serve fleet", b.serveFleet},
 	)
 	for _, s := range sets {
 		if ctx.Err() != nil {

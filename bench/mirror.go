@@ -82,7 +82,8 @@ func (b *bench) startMirror(ctx context.Context, upstream, dir string) (*mirrorP
 }
 
 // startMirrorOf starts a mirror as startMirror does: the harness's own if
-// own is set, else distribution.
+// own is set, else distribution; distribution with no upstream ("") is a
+// plain registry.
 func (b *bench) startMirrorOf(ctx context.Context, upstream, dir string, own bool) (*mirrorProc, error) {
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, err
@@ -104,7 +105,11 @@ func (b *bench) startMirrorOf(ctx context.Context, upstream, dir string, own boo
 		return nil, err
 	}
 	config := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(config, []byte(distributionConfig(addr, m.storage, "http://"+upstream)), 0o644); err != nil {
+	remoteURL := ""
+	if upstream != "" {
+		remoteURL = "http://" + upstream
+	}
+	if err := os.WriteFile(config, []byte(distributionConfig(addr, m.storage, remoteURL)), 0o644); err != nil {
 		return nil, err
 	}
 	logf, err := os.Create(filepath.Join(dir, "registry.log"))
@@ -179,9 +184,9 @@ func (m *mirrorProc) stop() {
 
 // distributionConfig is regtest's configuration of a distribution
 // registry: filesystem storage, no auth, warnings only, no access log,
-// and a pull-through cache of remote.
+// and with remote set, a pull-through cache of it.
 func distributionConfig(addr, dir, remote string) string {
-	return fmt.Sprintf(`version: 0.1
+	c := fmt.Sprintf(`version: 0.1
 log:
   level: warn
   formatter: text
@@ -200,9 +205,11 @@ storage:
 http:
   addr: %q
   secret: bench-not-a-secret
-proxy:
-  remoteurl: %q
-`, dir, addr, remote)
+`, dir, addr)
+	if remote != "" {
+		c += fmt.Sprintf("proxy:\n  remoteurl: %q\n", remote)
+	}
+	return c
 }
 
 // distributionEnv is the harness's environment without what would
