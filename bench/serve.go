@@ -58,7 +58,7 @@ func (b *bench) startServe(ctx context.Context, dir, upstream string) (*servePro
 	rest, ok := strings.CutPrefix(line, prefix)
 	if err != nil || !ok {
 		p.stop()
-		return nil, fmt.Errorf("layercache serve said %q (%v), want %q...", line, err, prefix)
+		return nil, fmt.Errorf("layercache serve said %q (%v), want a line that starts with %q", line, err, prefix)
 	}
 	p.addr, _, _ = strings.Cut(rest, " ")
 	return p, nil
