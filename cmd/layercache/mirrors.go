@@ -63,6 +63,26 @@ func addMirrorFlags(cmd *cobra.Command, o *mirrorOpts) {
 // $LAYERCACHE_MIRRORS) first, then those of --hosts-dir. Errors are usage
 // errors that name the flag, the variable or the file.
 func (o *mirrorOpts) options(refs []name.Reference, log *slog.Logger) ([]remotecache.Option, error) {
+	opts, configs, err := o.load(log)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, ref := range refs {
+		reg := ref.Context().RegistryStr()
+		if seen[reg] {
+			continue
+		}
+		seen[reg] = true
+		opts = append(opts, hostsMirrors(configs, reg, log)...)
+	}
+	return opts, nil
+}
+
+// load checks every mirror, and returns the options of --mirror (or of
+// $LAYERCACHE_MIRRORS), which name their registries, and the hosts.toml
+// configurations of --hosts-dir (nil without it), for hostsMirrors.
+func (o *mirrorOpts) load(log *slog.Logger) ([]remotecache.Option, map[string]hostsconf.Config, error) {
 	items, src := o.mirrors, "--mirror"
 	if len(items) == 0 {
 		src = mirrorsEnv
@@ -76,36 +96,34 @@ func (o *mirrorOpts) options(refs []name.Reference, log *slog.Logger) ([]remotec
 	for _, s := range items {
 		reg, m, err := remotecache.ParseMirror(s)
 		if err != nil {
-			return nil, usagef("%s: %w", src, err)
+			return nil, nil, usagef("%s: %w", src, err)
 		}
 		log.Debug("mirror", "registry", reg, "url", m.URL, "from", src)
 		opts = append(opts, remotecache.WithMirrors(reg, m))
 	}
 	if o.hostsDir == "" {
-		return opts, nil
+		return opts, nil, nil
 	}
 	configs, err := hostsconf.Load(o.hostsDir)
 	if err != nil {
-		return nil, usagef("--hosts-dir: %w", err)
+		return nil, nil, usagef("--hosts-dir: %w", err)
 	}
-	seen := map[string]bool{}
-	for _, ref := range refs {
-		reg := ref.Context().RegistryStr()
-		if seen[reg] {
-			continue
-		}
-		seen[reg] = true
-		c, ok := hostsconf.Lookup(configs, reg)
-		if !ok {
-			continue
-		}
-		ms := c.MirrorsFor(reg)
-		for _, m := range ms {
-			log.Debug("mirror", "registry", reg, "url", m.URL, "resolve", m.Resolve, "from", c.File)
-		}
-		if len(ms) > 0 {
-			opts = append(opts, remotecache.WithMirrors(reg, ms...))
-		}
+	return opts, configs, nil
+}
+
+// hostsMirrors returns the option that sets the mirrors that configs (of
+// --hosts-dir) give the registry reg, if any.
+func hostsMirrors(configs map[string]hostsconf.Config, reg string, log *slog.Logger) []remotecache.Option {
+	c, ok := hostsconf.Lookup(configs, reg)
+	if !ok {
+		return nil
 	}
-	return opts, nil
+	ms := c.MirrorsFor(reg)
+	for _, m := range ms {
+		log.Debug("mirror", "registry", reg, "url", m.URL, "resolve", m.Resolve, "from", c.File)
+	}
+	if len(ms) == 0 {
+		return nil
+	}
+	return []remotecache.Option{remotecache.WithMirrors(reg, ms...)}
 }

@@ -156,19 +156,7 @@ gleam.toml; ./_build/ocibuild_cache.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRun: func(cmd *cobra.Command, args []string) {
-			level := slog.LevelWarn
-			if g.verbose {
-				level = slog.LevelDebug
-			}
-			g.log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{
-				Level: level,
-				ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
-					if len(groups) == 0 && a.Key == slog.TimeKey {
-						return slog.Attr{}
-					}
-					return a
-				},
-			}))
+			g.log = g.newLogger(g.stderr)
 		},
 	}
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
@@ -192,9 +180,28 @@ gleam.toml; ./_build/ocibuild_cache.`,
 		newPruneCmd(g),
 		newClearCmd(g),
 		newStatsCmd(g),
+		newServeCmd(g),
 		newDemoCmd(g),
 	)
 	return root
+}
+
+// newLogger returns the logger of warnings (and, with -v, debug
+// messages), writing to w.
+func (g *globals) newLogger(w io.Writer) *slog.Logger {
+	level := slog.LevelWarn
+	if g.verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
+		Level: level,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
 }
 
 // resolveDir returns the cache directory and how it was chosen; fromFlag
