@@ -266,8 +266,9 @@ func (b *bench) serveFleet(ctx context.Context) error {
 		return err
 	}
 	var peer *stat
+	vsPeer := ""
 	if len(st) > 1 {
-		peer = st[1]
+		peer, vsPeer = st[1], " vs through distribution proxy mode, cold (B)"
 	}
 	c := check{
 		target: "1.0, no client fails",
@@ -275,7 +276,7 @@ func (b *bench) serveFleet(ctx context.Context) error {
 		calc:   func(a, _ float64) float64 { return a },
 		pass:   func(r float64) bool { return r <= 1.01 && serveF.failed == 0 },
 	}
-	b.addRow("15", fmt.Sprintf("%d clients (remote.Image, every layer read) pull one cold %d-layer image at once: upstream blob bytes ÷ image bytes, through `layercache serve` (A) vs through distribution proxy mode, cold (B)", serveClients, len(im.layers)), kindRandom,
+	b.addRow("15", fmt.Sprintf("%d clients (remote.Image, every layer read) pull one cold %d-layer image at once: upstream blob bytes ÷ image bytes, through `layercache serve` (A)%s", serveClients, len(im.layers), vsPeer), kindRandom,
 		st[0], peer, c)
 	if serveF.failed > 0 {
 		b.note("row 15, layercache serve: " + serveF.String())
