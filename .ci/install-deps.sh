@@ -14,6 +14,10 @@
 #      it on first use too; doing it here keeps its one-to-two-minute first
 #      build out of the tests' time limits. Set LAYERCACHE_REGISTRY_BIN to use
 #      a registry binary of your own instead.
+#   4. The clients that the tests of `layercache serve` run: crane (ggcr's
+#      cmd/crane) and the OCI distribution-spec conformance suite, at the
+#      versions of integration/go.mod's tool directives, built by
+#      regtest.BuildTool into $XDG_CACHE_HOME/layercache/tools/.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -39,3 +43,6 @@ go mod download
 echo "install-deps: building the test registry" >&2
 bin=$(cd integration && go run ./regtest/cmd/buildregistry)
 echo "install-deps: registry at $bin" >&2
+
+echo "install-deps: building crane and the conformance suite" >&2
+(cd integration && go run ./regtest/cmd/buildtools) | sed 's/^/install-deps: tool at /' >&2
