@@ -80,6 +80,10 @@ type bench struct {
 	// ggcrFilled holds the directories of ggcr caches already filled.
 	ggcrFilled map[string]bool
 
+	// distribution is the distribution registry binary the mirror rows
+	// run, or "" (they run the harness's own mirror).
+	distribution string
+
 	waitIdleLimit time.Duration
 	lastBusy      float64 // share of the CPU others took during the last set
 
@@ -126,6 +130,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	b.machine = describeMachine()
+	b.distribution = findDistribution()
 
 	if *work != "" {
 		b.work = *work
@@ -194,6 +199,12 @@ func (b *bench) measure(ctx context.Context) {
 		set{"CLI", b.cliFigures},
 		set{"latency", b.latencyWarm},
 		set{"cached warm", b.cachedWarm},
+		set{"kill and resume", b.killedWarm},
+		set{"cut twice", b.cutPull},
+		set{"fleet", b.fleet},
+		set{"mirror latency", b.mirrorLatency},
+		set{"serve warm", b.serveWarm},
+		set{"serve fleet", b.serveFleet},
 	)
 	for _, s := range sets {
 		if ctx.Err() != nil {

@@ -40,6 +40,8 @@ func runRole(role string, args []string) int {
 		}
 	case role == "warm":
 		err = warmRole(ctx, arg(args, 0), arg(args, 1))
+	case role == "mirror":
+		err = mirrorRole(arg(args, 0))
 	case role == "hash":
 		err = hashRole(args)
 	case role == "ggcr-pull":

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"sort"
 	"text/tabwriter"
@@ -59,7 +60,10 @@ image's manifest names it, and its last use (refreshed at most hourly).`,
 				}
 				return g.printJSON(out)
 			}
-			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			// tabwriter writes each cell and its padding apart: buffered,
+			// the table is a few write calls, not eight per line.
+			bw := bufio.NewWriterSize(g.stdout, 64<<10)
+			tw := tabwriter.NewWriter(bw, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "DIGEST\tSIZE\tLAST USED\tMEDIA TYPE")
 			now := time.Now()
 			for _, b := range blobs {
@@ -69,7 +73,10 @@ image's manifest names it, and its last use (refreshed at most hourly).`,
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", b.Digest, humanBytes(b.Size), ago(now, b.LastUsed), mt)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			return bw.Flush()
 		},
 	}
 	cmd.Flags().StringVar(&sortBy, "sort", "digest", "order: size (largest first), last-used (oldest first) or digest")
