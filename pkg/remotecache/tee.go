@@ -129,78 +129,97 @@ func (t *teeReader) Read(b []byte) (int, error) {
 		if t.done {
 			return 0, io.EOF
 		}
-		// The bytes a partial file holds come first.
-		if t.w != nil && t.w.Size() < t.w.Resumed() {
-			if int64(len(b)) > t.w.Resumed()-t.w.Size() {
-				b = b[:t.w.Resumed()-t.w.Size()]
-			}
-			n, err := t.w.Prefix().Read(b)
-			t.n += int64(n)
-			t.delivered += int64(n)
-			if err != nil {
-				return n, t.fail(fmt.Errorf("%s: reading its partial download: %w", t.f.subject(), err))
-			}
-			return n, nil
-		}
-		// Bytes the caller has already, from an answer that restarted.
-		if t.skip > 0 || t.poisoned != nil {
+		switch {
+		case t.w != nil && t.w.Size() < t.w.Resumed():
+			// The bytes a partial file holds come first.
+			return t.readPrefix(b)
+		case t.skip > 0 || t.poisoned != nil:
+			// Bytes the caller has already, from an answer that restarted.
 			if err := t.skipAhead(b); err != nil {
 				return 0, err
 			}
-			continue
-		}
-		if t.size >= 0 && t.n == t.size {
-			// Everything expected is in: EOF, or bytes too many.
-			var one [1]byte
-			n, err := t.body.Read(one[:])
-			if n > 0 {
-				return 0, t.fail(t.overflow())
+		case t.allIn():
+			if err := t.readPastEnd(); err != nil {
+				return 0, err
 			}
-			if err == nil {
-				continue
+		default:
+			if n, again, err := t.readBody(b); !again {
+				return n, err
 			}
-			if err != io.EOF && !cut(t.ctx, err) {
-				return 0, t.fail(fmt.Errorf("%s: %w", t.f.subject(), err))
-			}
-			if err := t.end(); err != nil || t.done {
-				return 0, t.endErr(err)
-			}
-			continue // fetched again from zero
-		}
-		if t.size >= 0 && int64(len(b)) > t.size-t.n {
-			b = b[:t.size-t.n]
-		}
-		n, err := t.body.Read(b)
-		if n > 0 {
-			if werr := t.take(b[:n]); werr != nil {
-				return 0, werr
-			}
-			if t.allIn() && !t.matches() {
-				// The blob's last bytes are held back when the whole is
-				// wrong: a consumer that checks its own end (gzip's CRC,
-				// a tar's last header) must get this error, not its own.
-				if eerr := t.end(); eerr != nil || t.done {
-					return 0, t.endErr(eerr)
-				}
-				continue // started again from zero (see end)
-			}
-			t.delivered += int64(n)
-		}
-		switch {
-		case err == io.EOF, err != nil && t.allIn() && cut(t.ctx, err):
-			if eerr := t.end(); eerr != nil || t.done {
-				return n, t.endErr(eerr)
-			}
-		case err != nil:
-			if !t.resume(err) {
-				// A cut connection says only "unexpected EOF": name the blob.
-				return n, t.fail(fmt.Errorf("%s: %w", t.f.subject(), err))
-			}
-		}
-		if n > 0 {
-			return n, nil
 		}
 	}
+}
+
+// readPrefix reads the bytes of the partial file the download resumed.
+func (t *teeReader) readPrefix(b []byte) (int, error) {
+	if int64(len(b)) > t.w.Resumed()-t.w.Size() {
+		b = b[:t.w.Resumed()-t.w.Size()]
+	}
+	n, err := t.w.Prefix().Read(b)
+	t.n += int64(n)
+	t.delivered += int64(n)
+	if err != nil {
+		return n, t.fail(fmt.Errorf("%s: reading its partial download: %w", t.f.subject(), err))
+	}
+	return n, nil
+}
+
+// readPastEnd reads on once every byte expected is in, for the body's
+// EOF (then the blob ends, or starts again from zero) or for bytes too
+// many. A nil error means read again.
+func (t *teeReader) readPastEnd() error {
+	var one [1]byte
+	n, err := t.body.Read(one[:])
+	if n > 0 {
+		return t.fail(t.overflow())
+	}
+	if err == nil {
+		return nil
+	}
+	if err != io.EOF && !cut(t.ctx, err) {
+		return t.fail(fmt.Errorf("%s: %w", t.f.subject(), err))
+	}
+	if err := t.end(); err != nil || t.done {
+		return t.endErr(err)
+	}
+	return nil // fetched again from zero
+}
+
+// readBody reads the next bytes of the body into b and the store; again
+// reports that nothing is returned yet (the download resumed, or started
+// again from zero) and Read must go on.
+func (t *teeReader) readBody(b []byte) (n int, again bool, err error) {
+	if t.size >= 0 && int64(len(b)) > t.size-t.n {
+		b = b[:t.size-t.n]
+	}
+	n, err = t.body.Read(b)
+	if n > 0 {
+		if werr := t.take(b[:n]); werr != nil {
+			return 0, false, werr
+		}
+		if t.allIn() && !t.matches() {
+			// The blob's last bytes are held back when the whole is
+			// wrong: a consumer that checks its own end (gzip's CRC,
+			// a tar's last header) must get this error, not its own.
+			if eerr := t.end(); eerr != nil || t.done {
+				return 0, false, t.endErr(eerr)
+			}
+			return 0, true, nil // started again from zero (see end)
+		}
+		t.delivered += int64(n)
+	}
+	switch {
+	case err == io.EOF, err != nil && t.allIn() && cut(t.ctx, err):
+		if eerr := t.end(); eerr != nil || t.done {
+			return n, false, t.endErr(eerr)
+		}
+	case err != nil:
+		if !t.resume(err) {
+			// A cut connection says only "unexpected EOF": name the blob.
+			return n, false, t.fail(fmt.Errorf("%s: %w", t.f.subject(), err))
+		}
+	}
+	return n, n == 0, nil
 }
 
 // matches reports whether the bytes hashed so far are the blob: always
