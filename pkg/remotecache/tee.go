@@ -318,64 +318,89 @@ func (t *teeReader) WriteTo(dst io.Writer) (int64, error) {
 		if t.done {
 			return total, nil
 		}
-		fast := t.w != nil && !t.werr && t.w.Size() >= t.w.Resumed() && t.skip == 0 && t.poisoned == nil &&
-			(t.size < 0 || t.n < t.size)
-		if !fast {
-			n, err := t.Read(*bp)
-			if n > 0 {
-				m, werr := dst.Write((*bp)[:n])
-				total += int64(m)
-				if werr != nil {
-					t.finish()
-					return total, werr
-				}
-			}
-			if err == io.EOF {
-				return total, nil
-			}
-			if err != nil {
-				return total, err
-			}
-			continue
+		var n int64
+		var stop bool
+		var err error
+		if t.direct() {
+			n, stop, err = t.passOn(dst)
+		} else {
+			n, stop, err = t.copyOne(dst, *bp)
 		}
-		pt := &passTo{r: t.body, w: dst, max: -1}
-		if t.size >= 0 {
-			pt.max = t.size - t.n
-		}
-		n, err := t.w.ReadFrom(pt)
-		t.n += n
-		t.delivered += pt.written
-		total += pt.written
-		// The checks go from the caller's own error to the blob's: a read
-		// that ran past the expected size may also have brought io.EOF,
-		// and its bytes, which the Writer refused to hash, went no further
-		// than the expected size.
-		switch {
-		case pt.werr != nil:
-			t.finish()
-			return total, pt.werr
-		case errors.Is(err, store.ErrDigestMismatch):
-			return total, t.fail(t.overflow())
-		case pt.rerr == io.EOF, pt.rerr != nil && t.allIn() && cut(t.ctx, pt.rerr):
-			if eerr := t.end(); eerr != nil || t.done {
-				if eerr == nil {
-					eerr = t.poisoned
-				}
-				if eerr != nil {
-					return total, t.fail(eerr)
-				}
-				return total, nil
-			}
-		case pt.rerr != nil:
-			if !t.resume(pt.rerr) {
-				return total, t.fail(fmt.Errorf("%s: %w", t.f.subject(), pt.rerr))
-			}
-		case err != nil:
-			// The partial file could not be written: serve the rest
-			// uncached, still hashed by the Writer (see Read).
-			t.storeFailed(err)
+		total += n
+		if stop {
+			return total, err
 		}
 	}
+}
+
+// direct reports whether the body's next bytes can go straight into the
+// Writer's buffers (passOn): nothing to take from a partial file or to
+// skip, and a Writer that still takes bytes.
+func (t *teeReader) direct() bool {
+	return t.w != nil && !t.werr && t.w.Size() >= t.w.Resumed() && t.skip == 0 && t.poisoned == nil &&
+		(t.size < 0 || t.n < t.size)
+}
+
+// copyOne hands dst what one Read gives; stop reports that WriteTo
+// returns, with err.
+func (t *teeReader) copyOne(dst io.Writer, buf []byte) (n int64, stop bool, err error) {
+	m, err := t.Read(buf)
+	if m > 0 {
+		w, werr := dst.Write(buf[:m])
+		n = int64(w)
+		if werr != nil {
+			t.finish()
+			return n, true, werr
+		}
+	}
+	if err == io.EOF {
+		return n, true, nil
+	}
+	return n, err != nil, err
+}
+
+// passOn lets the Writer read the body into its own buffers, handing dst
+// each piece on the way (passTo), until the body ends, breaks or brings
+// too much; stop reports that WriteTo returns, with err.
+func (t *teeReader) passOn(dst io.Writer) (n int64, stop bool, err error) {
+	pt := &passTo{r: t.body, w: dst, max: -1}
+	if t.size >= 0 {
+		pt.max = t.size - t.n
+	}
+	read, err := t.w.ReadFrom(pt)
+	t.n += read
+	t.delivered += pt.written
+	n = pt.written
+	// The checks go from the caller's own error to the blob's: a read
+	// that ran past the expected size may also have brought io.EOF, and
+	// its bytes, which the Writer refused to hash, went no further than
+	// the expected size.
+	switch {
+	case pt.werr != nil:
+		t.finish()
+		return n, true, pt.werr
+	case errors.Is(err, store.ErrDigestMismatch):
+		return n, true, t.fail(t.overflow())
+	case pt.rerr == io.EOF, pt.rerr != nil && t.allIn() && cut(t.ctx, pt.rerr):
+		if eerr := t.end(); eerr != nil || t.done {
+			if eerr == nil {
+				eerr = t.poisoned
+			}
+			if eerr != nil {
+				return n, true, t.fail(eerr)
+			}
+			return n, true, nil
+		}
+	case pt.rerr != nil:
+		if !t.resume(pt.rerr) {
+			return n, true, t.fail(fmt.Errorf("%s: %w", t.f.subject(), pt.rerr))
+		}
+	case err != nil:
+		// The partial file could not be written: serve the rest
+		// uncached, still hashed by the Writer (see Read).
+		t.storeFailed(err)
+	}
+	return n, false, nil
 }
 
 // passTo is a reader of r that writes what it reads to w before it
