@@ -79,62 +79,83 @@ func (c *catalog) walk(ctx context.Context, s *store.Store, desc ocispec.Descrip
 		return
 	}
 	if mt.IsIndex() {
-		im, err := v1.ParseIndexManifest(bytes.NewReader(raw))
-		if err != nil {
-			return
-		}
-		for _, child := range im.Manifests {
-			od := ocispec.Descriptor{MediaType: string(child.MediaType), Digest: digest.Digest(child.Digest.String()), Size: child.Size, Annotations: child.Annotations}
-			if _, err := s.Stat(ctx, od.Digest); err != nil {
-				continue // a platform that was not warmed
-			}
-			switch {
-			case remotecache.IsAttestation(child):
-				e.Attestations++
-			case child.Platform != nil:
-				e.Platforms = append(e.Platforms, child.Platform.String())
-			}
-			c.walk(ctx, s, od, e, seen)
-		}
+		c.walkIndex(ctx, s, raw, e, seen)
 		return
 	}
 	m, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
 		return
 	}
-	c.mediaTypes[digest.Digest(m.Config.Digest.String())] = string(m.Config.MediaType)
-	// A blob of another size than its descriptor's is not the blob (a
-	// file planted or grown at its name): the image is not complete.
-	if cinfo, err := s.Stat(ctx, digest.Digest(m.Config.Digest.String())); err == nil {
-		e.Size += cinfo.Size
-		if cinfo.Size != m.Config.Size {
-			e.Complete = false
+	c.walkConfig(ctx, s, desc, m.Config, e)
+	c.walkLayers(ctx, s, m.Layers, e, seen)
+}
+
+// walkIndex walks the children of an index that the cache holds, and
+// counts them as platforms or attestations.
+func (c *catalog) walkIndex(ctx context.Context, s *store.Store, raw []byte, e *imageEntry, seen map[digest.Digest]bool) {
+	im, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+	if err != nil {
+		return
+	}
+	for _, child := range im.Manifests {
+		od := ocispec.Descriptor{MediaType: string(child.MediaType), Digest: digest.Digest(child.Digest.String()), Size: child.Size, Annotations: child.Annotations}
+		if _, err := s.Stat(ctx, od.Digest); err != nil {
+			continue // a platform that was not warmed
 		}
-		// An attestation's config says unknown/unknown: not a platform.
-		if (len(e.Platforms) == 0 || desc.Platform == nil) && desc.Annotations[remotecache.AnnotationReferenceType] != remotecache.ReferenceTypeAttestation {
-			if raw, err := s.Get(ctx, digest.Digest(m.Config.Digest.String()), store.Inspect); err == nil {
-				if cf, err := v1.ParseConfigFile(bytes.NewReader(raw)); err == nil && cf.OS != "" && !contains(e.Platforms, cf.Platform().String()) {
-					e.Platforms = append(e.Platforms, cf.Platform().String())
-				}
-			}
+		switch {
+		case remotecache.IsAttestation(child):
+			e.Attestations++
+		case child.Platform != nil:
+			e.Platforms = append(e.Platforms, child.Platform.String())
 		}
-	} else {
+		c.walk(ctx, s, od, e, seen)
+	}
+}
+
+// walkConfig adds the config of the image desc to e, and its platform
+// when the index did not name one. A blob of another size than its
+// descriptor's is not the blob (a file planted or grown at its name): the
+// image is not complete.
+func (c *catalog) walkConfig(ctx context.Context, s *store.Store, desc ocispec.Descriptor, config v1.Descriptor, e *imageEntry) {
+	d := digest.Digest(config.Digest.String())
+	c.mediaTypes[d] = string(config.MediaType)
+	info, err := s.Stat(ctx, d)
+	if err != nil {
+		e.Complete = false
+		return
+	}
+	e.Size += info.Size
+	if info.Size != config.Size {
 		e.Complete = false
 	}
-	for _, l := range m.Layers {
+	// An attestation's config says unknown/unknown: not a platform.
+	if (len(e.Platforms) > 0 && desc.Platform != nil) || desc.Annotations[remotecache.AnnotationReferenceType] == remotecache.ReferenceTypeAttestation {
+		return
+	}
+	raw, err := s.Get(ctx, d, store.Inspect)
+	if err != nil {
+		return
+	}
+	if cf, err := v1.ParseConfigFile(bytes.NewReader(raw)); err == nil && cf.OS != "" && !contains(e.Platforms, cf.Platform().String()) {
+		e.Platforms = append(e.Platforms, cf.Platform().String())
+	}
+}
+
+// walkLayers adds the layers the cache holds to e, each once.
+func (c *catalog) walkLayers(ctx context.Context, s *store.Store, layers []v1.Descriptor, e *imageEntry, seen map[digest.Digest]bool) {
+	for _, l := range layers {
 		d := digest.Digest(l.Digest.String())
 		c.mediaTypes[d] = string(l.MediaType)
 		if seen[d] {
 			continue
 		}
 		seen[d] = true
-		if linfo, err := s.Stat(ctx, d); err == nil {
-			e.Size += linfo.Size
-			if linfo.Size != l.Size {
-				e.Complete = false
-			}
-		} else {
+		info, err := s.Stat(ctx, d)
+		if err != nil || info.Size != l.Size {
 			e.Complete = false
+		}
+		if err == nil {
+			e.Size += info.Size
 		}
 	}
 }
