@@ -251,7 +251,9 @@ func (s *Store) hashFile(ctx context.Context, f *os.File, fi fs.FileInfo, d dige
 		return err
 	}
 	h := d.Algorithm().Hash()
-	n, err := hashReadAhead(ctx, f, h, fi.Size())
+	s.hashing.start()
+	n, err := hashReadAhead(ctx, f, h, fi.Size(), s.hashing.spare)
+	s.hashing.end()
 	if err != nil {
 		if ctx.Err() != nil {
 			return err
