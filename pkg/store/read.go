@@ -54,10 +54,11 @@ func makeReadOptions(opts []ReadOption) readOptions {
 // The reader it returns also implements io.Seeker, within the verified
 // blob, and io.WriterTo, which hands the file itself, limited to the
 // blob's size, to a destination that implements io.ReaderFrom (an
-// http.ResponseWriter, a TCP connection, an *os.File), so that io.Copy
-// lets the kernel copy it (sendfile(2), copy_file_range(2)) instead of
-// reading it into memory. It still ends with ErrCorrupted if the file
-// turns out shorter than it was when hashed.
+// http.ResponseWriter, a TCP connection, an *os.File; not io.Discard,
+// whose ReadFrom reads 8 KiB at a time), so that io.Copy lets the kernel
+// copy it (sendfile(2), copy_file_range(2)) instead of reading it into
+// memory. It still ends with ErrCorrupted if the file turns out shorter
+// than it was when hashed.
 func VerifyFirst(o *readOptions) { o.verifyFirst = true }
 
 // Inspect makes a read look at the cache without changing it, for tools
@@ -435,8 +436,9 @@ func (r *sizedReader) readFile(p []byte) (int, error) {
 // WriteTo copies the rest of the blob to w. A w that implements
 // io.ReaderFrom is handed the file itself, limited to the rest of the
 // blob, so that a connection or a file copies it in the kernel; any other
-// w gets large reads (see verifyReader.WriteTo). The file was hashed
-// whole already: what remains is to check that it did not shrink.
+// w, and io.Discard (whose ReadFrom reads 8 KiB at a time), gets large
+// reads (see verifyReader.WriteTo). The file was hashed whole already:
+// what remains is to check that it did not shrink.
 func (r *sizedReader) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	if r.start < r.end {
@@ -448,7 +450,7 @@ func (r *sizedReader) WriteTo(w io.Writer) (int64, error) {
 		}
 	}
 	rf, ok := w.(io.ReaderFrom)
-	if !ok {
+	if !ok || w == io.Discard {
 		bp := bufPool.Get().(*[]byte)
 		defer bufPool.Put(bp)
 		n, err := io.CopyBuffer(w, struct{ io.Reader }{r}, *bp)
