@@ -2,6 +2,7 @@ package serve
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocibuild/layercache/pkg/remotecache"
+	"github.com/ocibuild/layercache/pkg/store"
 )
 
 // blob serves GET and HEAD of a blob.
@@ -85,8 +87,12 @@ func (h *Handler) blob(w *logWriter, r *http.Request, repo name.Repository, d di
 		w.WriteHeader(status)
 		return
 	}
+	if hit {
+		h.sendHit(w, r, rc, d, start, n, size, status)
+		return
+	}
 	// The blob's bytes before the range are read, not skipped: a miss
-	// must hash them, and a hit was read whole by its verification.
+	// must hash them.
 	if start > 0 {
 		if _, err := io.CopyN(io.Discard, rc, start); err != nil {
 			writeError(w, r, h.pullError(err, codeBlobUnknown, "blob "+d.String()))
@@ -106,6 +112,41 @@ func (h *Handler) blob(w *logWriter, r *http.Request, repo name.Repository, d di
 	if err != nil && cw.err == nil {
 		// The blob failed (wrong bytes, an upstream that broke off):
 		// the response must not end as if it were whole.
+		h.o.AccessLog.Warn("blob failed mid-response", "digest", d, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// sendHit sends bytes start to start+n of a blob the store verified
+// whole before Blob returned: rc is the store's reader of the file
+// (store.VerifyFirst), which seeks to the range's start, and whose
+// WriteTo hands the file to the response's ReadFrom, so that the kernel
+// copies it to the connection (sendfile) instead of the process reading
+// it once more. The copy's errors are the connection's, but for a file
+// that shrank since it was hashed (store.ErrCorrupted), which aborts the
+// response; either way a response cut short is never taken for whole,
+// since it is shorter than its Content-Length.
+func (h *Handler) sendHit(w *logWriter, r *http.Request, rc io.Reader, d digest.Digest, start, n, size int64, status int) {
+	if start > 0 {
+		var err error
+		if sk, ok := rc.(io.Seeker); ok {
+			_, err = sk.Seek(start, io.SeekStart)
+		} else {
+			_, err = io.CopyN(io.Discard, rc, start)
+		}
+		if err != nil {
+			writeError(w, r, h.pullError(err, codeBlobUnknown, "blob "+d.String()))
+			return
+		}
+	}
+	w.WriteHeader(status)
+	src := rc
+	if start+n < size {
+		// A range that ends before the blob does: no sendfile, whose
+		// reader must be the file itself (or a limit of it).
+		src = io.LimitReader(rc, n)
+	}
+	if _, err := io.Copy(w, src); errors.Is(err, store.ErrCorrupted) {
 		h.o.AccessLog.Warn("blob failed mid-response", "digest", d, "err", err)
 		panic(http.ErrAbortHandler)
 	}

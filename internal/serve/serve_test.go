@@ -414,6 +414,60 @@ func TestBlobRanges(t *testing.T) {
 	}
 }
 
+// A cached blob is sent from its file (sendfile, past the first 512
+// bytes), whole or from a range's start, and the access log counts the
+// bytes sent.
+func TestBlobRangesOfHit(t *testing.T) {
+	fx := start(t, nil, serve.Options{Offline: true})
+	data := make([]byte, 1<<20+777)
+	for i := range data {
+		data[i] = byte(i*7 + i>>9)
+	}
+	d := digest.FromBytes(data)
+	if err := fx.s.PutVerified(t.Context(), d, int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	size := len(data)
+	tests := []struct {
+		name   string
+		rng    string
+		status int
+		want   []byte
+	}{
+		// No Range: the whole blob.
+		{"whole", "", 200, data},
+		// A range to the end, from past the first 512 bytes: sendfile
+		// from the middle of the file.
+		{"open", fmt.Sprintf("bytes=%d-", size/2+3), 206, data[size/2+3:]},
+		// A suffix range shorter than 512 bytes.
+		{"short suffix", "bytes=-100", 206, data[size-100:]},
+		// A range inside the blob: the copy stops at its end.
+		{"inside", "bytes=1000-300999", 206, data[1000:301000]},
+		// One byte.
+		{"first byte", "bytes=0-0", 206, data[:1]},
+		// An end past the blob's is cut at the blob's.
+		{"end past the end", "bytes=7-99999999", 206, data[7:]},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var hdr []string
+			if tc.rng != "" {
+				hdr = []string{"Range", tc.rng}
+			}
+			resp, body := fx.do(t, http.MethodGet, "/v2/test/img/blobs/"+d.String(), hdr...)
+			if resp.StatusCode != tc.status || !bytes.Equal(body, tc.want) {
+				t.Fatalf("Range %q: %s, %d bytes; want %d and %d bytes of the blob", tc.rng, resp.Status, len(body), tc.status, len(tc.want))
+			}
+			if resp.ContentLength != int64(len(tc.want)) {
+				t.Errorf("Content-Length %d, want %d", resp.ContentLength, len(tc.want))
+			}
+			if want := fmt.Sprintf("bytes=%d cache=hit", len(tc.want)); !strings.Contains(fx.logText(), want) {
+				t.Errorf("access log has no %q:\n%s", want, fx.logText())
+			}
+		})
+	}
+}
+
 // A client that goes away mid-blob leaves the download going on into the
 // cache; the blob is committed whole.
 func TestClientGoneMidBlob(t *testing.T) {

@@ -42,7 +42,8 @@ type options struct {
 // anonymous pulls, warms in two round trips one after the other (the
 // manifest beside ggcr's handshake, then the blobs) instead of ten (see
 // bench/ row 8).
-// Hashing, the CPU part, runs on every core whatever the number.
+// Hashing, the CPU part, runs on every core whatever the number, one
+// cached blob per core at a time.
 const DefaultJobs = 16
 
 func makeOptions(opts []Option) (*options, error) {

@@ -50,6 +50,15 @@ func makeReadOptions(opts []ReadOption) readOptions {
 // would be too late to heal. It costs a second read of the file, which the
 // page cache makes cheap next to hashing. With Stat, VerifyFirst hashes
 // the blob too, as a verify tool does. Get always verifies first.
+//
+// The reader it returns also implements io.Seeker, within the verified
+// blob, and io.WriterTo, which hands the file itself, limited to the
+// blob's size, to a destination that implements io.ReaderFrom (an
+// http.ResponseWriter, a TCP connection, an *os.File; not io.Discard,
+// whose ReadFrom reads 8 KiB at a time), so that io.Copy lets the kernel
+// copy it (sendfile(2), copy_file_range(2)) instead of reading it into
+// memory. It still ends with ErrCorrupted if the file turns out shorter
+// than it was when hashed.
 func VerifyFirst(o *readOptions) { o.verifyFirst = true }
 
 // Inspect makes a read look at the cache without changing it, for tools
@@ -112,7 +121,7 @@ func (s *Store) open(ctx context.Context, d digest.Digest, o readOptions) (io.Re
 		f.Close()
 		return nil, Info{}, fmt.Errorf("blob %s (%s): %w", d, path, err)
 	}
-	return &sizedReader{f: f, remaining: fi.Size(), d: d, path: path}, info, nil
+	return &sizedReader{f: f, size: fi.Size(), remaining: fi.Size(), d: d, path: path}, info, nil
 }
 
 // MaxBlobInMemory is the size of the largest blob that Get reads into
@@ -243,7 +252,9 @@ func (s *Store) hashFile(ctx context.Context, f *os.File, fi fs.FileInfo, d dige
 		return err
 	}
 	h := d.Algorithm().Hash()
-	n, err := hashReadAhead(ctx, f, h, fi.Size())
+	s.hashing.start()
+	n, err := hashReadAhead(ctx, f, h, fi.Size(), s.hashing.spare)
+	s.hashing.end()
 	if err != nil {
 		if ctx.Err() != nil {
 			return err
@@ -372,6 +383,7 @@ const smallRead = 64 << 10
 // directly: copying them twice would cost more than it saves.
 type sizedReader struct {
 	f         *os.File
+	size      int64 // the blob's, when hashed
 	remaining int64 // in the file, past what was read from it
 	d         digest.Digest
 	path      string
@@ -421,11 +433,65 @@ func (r *sizedReader) readFile(p []byte) (int, error) {
 	return n, err
 }
 
-// WriteTo copies with large reads; see verifyReader.WriteTo.
+// WriteTo copies the rest of the blob to w. A w that implements
+// io.ReaderFrom is handed the file itself, limited to the rest of the
+// blob, so that a connection or a file copies it in the kernel; any other
+// w, and io.Discard (whose ReadFrom reads 8 KiB at a time), gets large
+// reads (see verifyReader.WriteTo). The file was hashed whole already:
+// what remains is to check that it did not shrink.
 func (r *sizedReader) WriteTo(w io.Writer) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	return io.CopyBuffer(w, struct{ io.Reader }{r}, *bp)
+	var total int64
+	if r.start < r.end {
+		n, err := w.Write((*r.buf)[r.start:r.end])
+		r.start += n
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
+	rf, ok := w.(io.ReaderFrom)
+	if !ok || w == io.Discard {
+		bp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(bp)
+		n, err := io.CopyBuffer(w, struct{ io.Reader }{r}, *bp)
+		return total + n, err
+	}
+	if r.remaining <= 0 {
+		return total, nil
+	}
+	lr := &io.LimitedReader{R: r.f, N: r.remaining}
+	n, err := rf.ReadFrom(lr)
+	total += n
+	r.remaining = lr.N
+	if err == nil && r.remaining > 0 {
+		err = fmt.Errorf("blob %s (%s): %w: shrank while being read", r.d, r.path, ErrCorrupted)
+	}
+	return total, err
+}
+
+// Seek sets where the next read starts in the blob. Every byte of the
+// blob was verified, so a read may start anywhere in it; an offset past
+// its end reads nothing.
+func (r *sizedReader) Seek(offset int64, whence int) (int64, error) {
+	pos := r.size - r.remaining - int64(r.end-r.start) // the next byte served
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += pos
+	case io.SeekEnd:
+		offset += r.size
+	default:
+		return pos, fmt.Errorf("blob %s: seek: invalid whence %d", r.d, whence)
+	}
+	if offset < 0 {
+		return pos, fmt.Errorf("blob %s: seek: negative offset %d", r.d, offset)
+	}
+	if _, err := r.f.Seek(min(offset, r.size), io.SeekStart); err != nil {
+		return pos, fmt.Errorf("blob %s (%s): %w", r.d, r.path, err)
+	}
+	r.start, r.end = 0, 0
+	r.remaining = max(r.size-offset, 0)
+	return offset, nil
 }
 
 func (r *sizedReader) Close() error {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"hash"
 	"io"
+	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // Hashing a blob file is the cost of every verified read. A single
@@ -28,6 +30,31 @@ const (
 	ctxEvery = 256
 )
 
+// hashing counts a store's hashes in flight, so that each chooses how
+// to read as it goes. A read-ahead goroutine helps a hash that has a core
+// to spare: one blob verified while the others are idle (a pull's layer,
+// a GET of serve, the last blob of a Warm). When the hashes in flight
+// already give every core one (Warm and VerifyAll verify blobs side by
+// side), a second goroutine per hash only moves each chunk from the core
+// that copied it to the core that hashes it, and makes one hash run
+// ahead of the others, so that they end apart and leave a core idle at
+// the end: there, each hash reads and hashes on its own goroutine, as the
+// ideal read does (bench/ row 9).
+type hashing struct{ n atomic.Int32 }
+
+func (c *hashing) start() { c.n.Add(1) }
+func (c *hashing) end()   { c.n.Add(-1) }
+
+// spare reports whether a hash in flight may read ahead: whether the
+// hashes in flight take at most half the cores (a read-ahead hash keeps
+// about one and a fraction busy).
+func (c *hashing) spare() bool {
+	return int(c.n.Load())*2 <= runtime.GOMAXPROCS(0)
+}
+
+// alwaysSpare reads ahead whatever else runs.
+func alwaysSpare() bool { return true }
+
 var aheadPool = sync.Pool{New: func() any { b := make([]byte, aheadChunk); return &b }}
 
 type aheadChunkRead struct {
@@ -36,15 +63,47 @@ type aheadChunkRead struct {
 	err error
 }
 
+// serialStretch is how many chunks a hash reads on its own goroutine
+// before it asks again whether it may read ahead (1 MiB).
+const serialStretch = 8
+
 // hashReadAhead writes everything r returns into h, until io.EOF, and
-// returns how many bytes that was. size is what the caller expects to
-// read; it only chooses between one goroutine and two. The reading
-// goroutine has stopped using r by the time hashReadAhead returns, so the
-// caller may seek or close r then.
-func hashReadAhead(ctx context.Context, r io.Reader, h hash.Hash, size int64) (int64, error) {
+// returns how many bytes that was. While spare reports a core to spare, a
+// second goroutine reads ahead (it is asked after every chunk); otherwise
+// the caller's goroutine reads and hashes, and asks again every
+// serialStretch chunks. size is what the caller expects to read: below
+// aheadMin, one goroutine does it all. The reading goroutine has stopped
+// using r by the time hashReadAhead returns, so the caller may seek or
+// close r then.
+func hashReadAhead(ctx context.Context, r io.Reader, h hash.Hash, size int64, spare func() bool) (int64, error) {
 	if size < aheadMin {
 		return hashSerial(ctx, r, h)
 	}
+	var total int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		var n int64
+		var done bool
+		var err error
+		if spare() {
+			n, done, err = hashAhead(ctx, r, h, spare)
+		} else {
+			n, done, err = hashChunks(r, h, serialStretch)
+		}
+		total += n
+		if done || err != nil {
+			return total, err
+		}
+	}
+}
+
+// hashAhead hashes what a second goroutine reads from r, until io.EOF
+// (done), an error, or spare reports no core to spare; then it hashes
+// what was read already, in order, and returns once the reading
+// goroutine has stopped.
+func hashAhead(ctx context.Context, r io.Reader, h hash.Hash, spare func() bool) (total int64, done bool, err error) {
 	free := make(chan *[]byte, aheadDepth)
 	full := make(chan aheadChunkRead, aheadDepth)
 	stop := make(chan struct{})
@@ -54,6 +113,11 @@ func hashReadAhead(ctx context.Context, r io.Reader, h hash.Hash, size int64) (i
 	go func() {
 		defer close(full)
 		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
 			var b *[]byte
 			select {
 			case b = <-free:
@@ -69,41 +133,71 @@ func hashReadAhead(ctx context.Context, r io.Reader, h hash.Hash, size int64) (i
 		}
 	}()
 
-	var (
-		total int64
-		err   error
-		count int
-	)
+	stopped := false
+	halt := func() {
+		if !stopped {
+			close(stop)
+			stopped = true
+		}
+	}
+	count := 0
+	// Every chunk read is hashed, in order, until the end or an error,
+	// even after stop: the next stretch reads on from where the reading
+	// goroutine left r. full is closed once that goroutine has returned.
 	for c := range full {
-		h.Write((*c.b)[:c.n])
-		total += int64(c.n)
-		free <- c.b // room for every buffer: never blocks
-		if c.err != nil {
-			if c.err != io.EOF {
+		if !done && err == nil {
+			h.Write((*c.b)[:c.n])
+			total += int64(c.n)
+			switch {
+			case c.err == io.EOF:
+				done = true
+			case c.err != nil:
 				err = c.err
 			}
-			break
+		}
+		free <- c.b // room for every buffer: never blocks
+		if done || err != nil {
+			halt()
+			continue
 		}
 		if count++; count%ctxEvery == 0 {
 			if err = ctx.Err(); err != nil {
-				break
+				halt()
+				continue
 			}
 		}
-	}
-	close(stop)
-	// Wait for the reader to finish (it closes full), and give every
-	// buffer back.
-	for c := range full {
-		aheadPool.Put(c.b)
+		if !spare() {
+			halt()
+		}
 	}
 	for {
 		select {
 		case b := <-free:
 			aheadPool.Put(b)
 		default:
-			return total, err
+			return total, done, err
 		}
 	}
+}
+
+// hashChunks reads and hashes up to k chunks of r on the caller's
+// goroutine; done is io.EOF.
+func hashChunks(r io.Reader, h hash.Hash, k int) (total int64, done bool, err error) {
+	bp := aheadPool.Get().(*[]byte)
+	defer aheadPool.Put(bp)
+	buf := *bp
+	for range k {
+		n, err := r.Read(buf)
+		h.Write(buf[:n])
+		total += int64(n)
+		if err == io.EOF {
+			return total, true, nil
+		}
+		if err != nil {
+			return total, false, err
+		}
+	}
+	return total, false, nil
 }
 
 // hashSerial is hashReadAhead in one goroutine, for small blobs.
@@ -111,24 +205,15 @@ func hashSerial(ctx context.Context, r io.Reader, h hash.Hash) (int64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	bp := aheadPool.Get().(*[]byte)
-	defer aheadPool.Put(bp)
-	buf := *bp
 	var total int64
-	for count := 1; ; count++ {
-		n, err := r.Read(buf)
-		h.Write(buf[:n])
-		total += int64(n)
-		if err == io.EOF {
-			return total, nil
-		}
-		if err != nil {
+	for {
+		n, done, err := hashChunks(r, h, ctxEvery)
+		total += n
+		if done || err != nil {
 			return total, err
 		}
-		if count%ctxEvery == 0 {
-			if err := ctx.Err(); err != nil {
-				return total, err
-			}
+		if err := ctx.Err(); err != nil {
+			return total, err
 		}
 	}
 }

@@ -61,6 +61,7 @@ type Store struct {
 	now     func() time.Time
 	locks   blobLocks
 	counts  counting // see Count
+	hashing hashing  // see hashFile
 }
 
 // Info describes a stored blob, from the file system alone (no hashing).
