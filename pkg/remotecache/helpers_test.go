@@ -769,6 +769,8 @@ func ingestLitter(t testing.TB, dir string) []string {
 }
 
 // partials lists the partial downloads kept in ingest/.
+// partials lists the partial downloads in dir's ingest/, and their hash
+// states.
 func partials(t testing.TB, dir string) []string {
 	t.Helper()
 	entries, err := os.ReadDir(filepath.Join(dir, layout.IngestDir))
@@ -777,7 +779,7 @@ func partials(t testing.TB, dir string) []string {
 	}
 	var out []string
 	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), ".partial") {
+		if strings.HasSuffix(e.Name(), ".partial") || strings.HasSuffix(e.Name(), ".hashstate") {
 			out = append(out, e.Name())
 		}
 	}
