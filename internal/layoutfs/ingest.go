@@ -199,10 +199,10 @@ const lockPollInterval = 20 * time.Millisecond
 // CreateTemp creates a new temporary file in ingest/ whose name is unique
 // across processes (os.CreateTemp). pattern follows os.CreateTemp; the
 // ".tmp" suffix is added if missing. So that Sweep recognises every file
-// it makes, pattern must be "blob-*", or the name of a layout file
-// (index.json, oci-layout, the stats file) followed by ".*"; any other
-// pattern is refused. "hashstate-*" makes the temp file of a hash-state
-// sidecar (WriteHashState).
+// it makes, pattern must be "blob-*", "hashstate-*" (a hash state being
+// written, WriteHashState), or the name of a layout file (index.json,
+// oci-layout, the stats file) followed by ".*"; any other pattern is
+// refused.
 func (p Path) CreateTemp(pattern string) (*os.File, error) {
 	if !strings.HasSuffix(pattern, tempSuffix) {
 		pattern += tempSuffix
