@@ -38,9 +38,13 @@ import (
 // the fetch step downloads the blob again from zero.
 
 // hashStateEvery is how many bytes a partial Writer hashes between two
-// saves of its state: a resume hashes at most this many bytes of the
-// partial file before its download goes on (about 40 ms of sha256 on
-// the bench's machines), and a save costs a temp file and a rename.
+// saves of its state, and so about how many bytes of the partial file a
+// resume hashes before its download goes on (64 MiB: 40–80 ms of sha256
+// on the bench's machines), while a save costs a temp file and a rename.
+// After a kill it may be more by what was in flight: a state is saved
+// only once the file holds its bytes, at the next write after that
+// (saveHashState), so a download that stalled before the pipe caught up
+// leaves the state before.
 const hashStateEvery = 64 << 20
 
 // maxHashStateSize bounds what is read of a sidecar: a sha512 state (204
