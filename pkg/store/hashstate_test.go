@@ -331,3 +331,34 @@ func TestWriter_RestartDropsHashState(t *testing.T) {
 	}
 	assertNoPartial(t, s, d)
 }
+
+// A folder planted at the hash state's name never stops a download: a
+// partial file too long for the blob is restarted, and the blob written
+// and committed, with the folder left alone (it is not layercache's).
+func TestWriter_RestartWithFolderAtHashState(t *testing.T) {
+	data, d := randomBlob(7, 1<<20)
+	s, _ := newTestStore(t)
+	if err := os.WriteFile(partialFile(s, d), append(bytes.Clone(data), 'x'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(hashStateFile(s, d), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w, err := s.OpenPartial(hashStateCtx(t), d, int64(len(data)))
+	if err != nil {
+		t.Fatalf("OpenPartial: %v", err)
+	}
+	defer w.Close()
+	if w.Resumed() != 0 {
+		t.Fatalf("Resumed = %d, want 0: the file was longer than the blob", w.Resumed())
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if fi, err := os.Lstat(hashStateFile(s, d)); err != nil || !fi.IsDir() {
+		t.Errorf("the planted folder: %v, want it left alone", err)
+	}
+}
