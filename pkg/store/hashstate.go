@@ -242,6 +242,21 @@ func (w *Writer) PrefixCheck() error {
 	return w.check.wait()
 }
 
+// SkipChecked moves a partial Writer past the first bytes of its file
+// that a restored hash state covers, without reading them, and returns how
+// many it skipped (0 when no state was restored, or Prefix read past
+// them). It is for a caller that only stores the blob and does not want
+// them: its download goes on at once. They are hashed all the same, by
+// the check that Commit waits for; Prefix gives the bytes after them.
+func (w *Writer) SkipChecked() int64 {
+	if w.done || w.n >= w.hashFrom {
+		return 0
+	}
+	k := w.hashFrom - w.n
+	w.n = w.hashFrom
+	return k
+}
+
 // stopCheck stops a prefix check that is no longer needed, and reports
 // whether it had found the bytes wrong.
 func (w *Writer) stopCheck() (wrong bool) {
