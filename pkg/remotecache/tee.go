@@ -17,7 +17,9 @@ import (
 // and every byte hashed to its digest at the expected size.
 //
 // It reads, in order: the bytes a partial file resumed (hashed as they
-// are served), then the source's body. A body that breaks is asked for
+// are served; those a saved hash state covers are hashed by the store
+// beside the download instead, and a Warm skips them: see hashed and
+// fetchStep.open), then the source's body. A body that breaks is asked for
 // again from where it broke (connect); a source that answers from zero
 // instead has its first bytes written to the store but not handed out
 // again, and checked against what was (skip). A blob whose bytes turn out

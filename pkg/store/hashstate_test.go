@@ -362,3 +362,45 @@ func TestWriter_RestartWithFolderAtHashState(t *testing.T) {
 		t.Errorf("the planted folder: %v, want it left alone", err)
 	}
 }
+
+// SkipChecked moves past the bytes a restored state covers without
+// reading them; the check still hashes them, so the blob is committed when
+// they are right, and nothing is when they are not.
+func TestWriter_SkipChecked(t *testing.T) {
+	data, d := randomBlob(8, 3<<20)
+	for _, rotten := range []bool{false, true} {
+		s, _ := newTestStore(t)
+		writeAbandoned(t, s, d, data, 2<<20, true)
+		if rotten {
+			f, err := os.OpenFile(partialFile(s, d), os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteAt([]byte{data[5] ^ 1}, 5)
+			f.Close()
+		}
+		w, err := s.OpenPartial(hashStateCtx(t), d, int64(len(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k := w.SkipChecked(); k != 2<<20 {
+			t.Fatalf("SkipChecked = %d, want %d (the state saved at Close)", k, 2<<20)
+		}
+		if n, _ := io.Copy(io.Discard, w.Prefix()); n != 0 {
+			t.Errorf("Prefix gave %d bytes after SkipChecked, want 0", n)
+		}
+		if _, err := w.Write(data[2<<20:]); err != nil {
+			t.Fatal(err)
+		}
+		_, err = w.Commit()
+		switch {
+		case rotten && !errors.Is(err, ErrDigestMismatch):
+			t.Errorf("rotten: Commit: %v, want ErrDigestMismatch", err)
+		case !rotten && err != nil:
+			t.Errorf("Commit: %v", err)
+		}
+		if rotten {
+			assertNoPartial(t, s, d)
+		}
+	}
+}
