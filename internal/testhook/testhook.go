@@ -43,7 +43,7 @@ type hashStateEveryKey struct{}
 
 // WithHashStateEvery returns a context under which a store Writer of a
 // partial download (store.OpenPartial) saves its hash state every n bytes
-// instead of every 64 MiB, so that tests with layers of a few MiB, and
+// instead of every 16 MiB, so that tests with layers of a few MiB, and
 // their child processes, get hash-state sidecars to resume from.
 func WithHashStateEvery(ctx context.Context, n int64) context.Context {
 	return context.WithValue(ctx, hashStateEveryKey{}, n)
