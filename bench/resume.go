@@ -119,7 +119,7 @@ func (b *bench) killedWarm(ctx context.Context) error {
 }
 
 // removePartials removes the partial downloads a killed warm left in the
-// store's ingest folder.
+// store's ingest folder, and their hash states.
 func removePartials(dir string) error {
 	ms, err := filepath.Glob(filepath.Join(dir, "ingest", "*.partial"))
 	if err != nil {
@@ -128,7 +128,11 @@ func removePartials(dir string) error {
 	if len(ms) == 0 {
 		return errors.New("the killed warm left no partial file in ingest/")
 	}
-	for _, m := range ms {
+	states, err := filepath.Glob(filepath.Join(dir, "ingest", "*.hashstate"))
+	if err != nil {
+		return err
+	}
+	for _, m := range append(ms, states...) {
 		if err := os.Remove(m); err != nil {
 			return err
 		}

@@ -301,7 +301,9 @@ func assertStoreSound(t *testing.T, s *store.Store) {
 // committed nor abandoned. A partial download (<alg>-<hex>.partial) is
 // kept on purpose when a download was cut or called off, for the next one
 // to resume; it must be a regular file of a blob the store does not hold
-// (a stored blob's partial was renamed into place).
+// (a stored blob's partial was renamed into place). So is its hash state
+// (<alg>-<hex>.hashstate), saved beside it for that resume, and removed
+// with it.
 func assertIngestClean(t *testing.T, s *store.Store) {
 	t.Helper()
 	dir := layout.Path(s.Dir()).Join(layout.IngestDir)
@@ -317,7 +319,11 @@ func assertIngestClean(t *testing.T, s *store.Store) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rest, ok := strings.CutSuffix(e.Name(), ".partial"); ok && fi.Mode().IsRegular() {
+		rest, ok := strings.CutSuffix(e.Name(), ".partial")
+		if !ok {
+			rest, ok = strings.CutSuffix(e.Name(), ".hashstate")
+		}
+		if ok && fi.Mode().IsRegular() {
 			alg, enc, _ := strings.Cut(rest, "-")
 			d := digest.NewDigestFromEncoded(digest.Algorithm(alg), enc)
 			if _, err := s.Stat(t.Context(), d); err == nil {

@@ -21,21 +21,29 @@ import (
 const (
 	tempSuffix    = ".tmp"
 	partialSuffix = ".partial"
-	lockSuffix    = ".lock"
+	// hashStateSuffix names the sidecar of a partial download: the
+	// running hash of its first bytes, so that a resume need not hash
+	// them again before it goes on (see pkg/store/hashstate.go).
+	hashStateSuffix = ".hashstate"
+	lockSuffix      = ".lock"
 	// indexLockName is never removed: a lock file that is unlinked while
 	// a process waits on it lets two processes hold "the" lock, and for
 	// index.json that would lose refs.
 	indexLockName = IndexFile + lockSuffix
 )
 
-// blobTempPrefix begins the names of the temp files of blobs being written.
-const blobTempPrefix = "blob-"
+// blobTempPrefix begins the names of the temp files of blobs being written,
+// and hashStateTempPrefix those of hash-state sidecars being written.
+const (
+	blobTempPrefix      = "blob-"
+	hashStateTempPrefix = "hashstate-"
+)
 
 // tempPrefix returns the prefix of the names of layercache's temp files
 // that name begins with: blobs being written (pkg/store), and rewrites of
 // index.json, oci-layout and the stats file (replaceFile, initIndex).
 func tempPrefix(name string) (string, bool) {
-	for _, prefix := range [...]string{blobTempPrefix, IndexFile + ".", LayoutFile + ".", StatsFile + "."} {
+	for _, prefix := range [...]string{blobTempPrefix, hashStateTempPrefix, IndexFile + ".", LayoutFile + ".", StatsFile + "."} {
 		if strings.HasPrefix(name, prefix) {
 			return prefix, true
 		}
@@ -66,8 +74,17 @@ func isBlobLockName(name string) bool {
 
 // isPartialName reports whether name is that of a partial download:
 // <alg>-<encoded>.partial, for a digest that Validate accepts.
-func isPartialName(name string) bool {
-	rest, ok := strings.CutSuffix(name, partialSuffix)
+func isPartialName(name string) bool { return isDigestName(name, partialSuffix) }
+
+// isHashStateName reports whether name is that of a partial download's
+// hash-state sidecar: <alg>-<encoded>.hashstate, for a digest that
+// Validate accepts.
+func isHashStateName(name string) bool { return isDigestName(name, hashStateSuffix) }
+
+// isDigestName reports whether name is <alg>-<encoded> followed by
+// suffix, for a digest that Validate accepts.
+func isDigestName(name, suffix string) bool {
+	rest, ok := strings.CutSuffix(name, suffix)
 	alg, enc, dash := strings.Cut(rest, "-")
 	if !ok || !dash {
 		return false
@@ -79,7 +96,8 @@ func isPartialName(name string) bool {
 // isIngestName reports whether name is one that layercache gives the files
 // it creates in ingest/.
 func isIngestName(name string) bool {
-	return isTempName(name) || isBlobLockName(name) || isPartialName(name) || name == indexLockName || name == statsLockName
+	return isTempName(name) || isBlobLockName(name) || isPartialName(name) || isHashStateName(name) ||
+		name == indexLockName || name == statsLockName
 }
 
 // OpenPartial opens, creating it if need be, the file in ingest/ that
@@ -105,6 +123,74 @@ func (p Path) OpenPartial(d digest.Digest) (*os.File, error) {
 	return f, nil
 }
 
+// hashStatePath is the path of the hash-state sidecar of d's partial
+// download, once d is valid.
+func (p Path) hashStatePath(d digest.Digest) string {
+	return p.Join(IngestDir, string(d.Algorithm())+"-"+d.Encoded()+hashStateSuffix)
+}
+
+// ReadHashState reads the hash-state sidecar of d's partial download
+// (<alg>-<encoded>.hashstate in ingest/), at most limit+1 bytes, so that a
+// caller can tell one over its limit. Whatever stands at the name is
+// opened only if it is a regular file (fsutil.ReadSmallFile: never through
+// a symlink, never blocking on a FIFO). Its content is not trusted: the
+// caller checks it against the partial file's bytes.
+func (p Path) ReadHashState(d digest.Digest, limit int64) ([]byte, error) {
+	if err := Validate(d); err != nil {
+		return nil, err
+	}
+	if err := CheckDir(p.Join(IngestDir)); err != nil {
+		return nil, fmt.Errorf("hash state of %s: %w", d, err)
+	}
+	b, err := fsutil.ReadSmallFile(p.hashStatePath(d), limit)
+	if err != nil {
+		return nil, fmt.Errorf("hash state of %s: %w", d, err)
+	}
+	return b, nil
+}
+
+// WriteHashState replaces the hash-state sidecar of d's partial download
+// with data: written to a temp file in ingest/, then renamed over the
+// name, so that a reader finds the old content or the new, never a torn
+// one. It is not fsynced: a sidecar that a power loss tore or emptied
+// fails its check at the next resume, which then starts over. Like the
+// partial file, only the holder of d's lock may write it.
+func (p Path) WriteHashState(d digest.Digest, data []byte) error {
+	if err := Validate(d); err != nil {
+		return err
+	}
+	f, err := p.CreateTemp(hashStateTempPrefix + "*")
+	if err != nil {
+		return fmt.Errorf("hash state of %s: %w", d, err)
+	}
+	_, werr := f.Write(data)
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		// rename(2) replaces a symlink or a FIFO at the name, never
+		// writing through it; it fails on a directory.
+		werr = os.Rename(f.Name(), p.hashStatePath(d))
+	}
+	if werr != nil {
+		syscall.Unlink(f.Name())
+		return fmt.Errorf("hash state of %s: %w", d, werr)
+	}
+	return nil
+}
+
+// RemoveHashState removes the hash-state sidecar of d's partial download,
+// if there is one. It never removes a directory.
+func (p Path) RemoveHashState(d digest.Digest) error {
+	if err := Validate(d); err != nil {
+		return err
+	}
+	if err := syscall.Unlink(p.hashStatePath(d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing the hash state of %s: %w", d, err)
+	}
+	return nil
+}
+
 // lockPollInterval is how often a blocked Lock retries. flock(2) has no
 // timed wait, so waiting with a context means polling; 20 ms is short next
 // to any blob download a waiter waits for.
@@ -113,9 +199,10 @@ const lockPollInterval = 20 * time.Millisecond
 // CreateTemp creates a new temporary file in ingest/ whose name is unique
 // across processes (os.CreateTemp). pattern follows os.CreateTemp; the
 // ".tmp" suffix is added if missing. So that Sweep recognises every file
-// it makes, pattern must be "blob-*", or the name of a layout file
-// (index.json, oci-layout, the stats file) followed by ".*"; any other
-// pattern is refused.
+// it makes, pattern must be "blob-*", "hashstate-*" (a hash state being
+// written, WriteHashState), or the name of a layout file (index.json,
+// oci-layout, the stats file) followed by ".*"; any other pattern is
+// refused.
 func (p Path) CreateTemp(pattern string) (*os.File, error) {
 	if !strings.HasSuffix(pattern, tempSuffix) {
 		pattern += tempSuffix
@@ -304,9 +391,10 @@ func flock(f *os.File, how int) error {
 
 // Sweep removes litter from ingest/ whose modification time is before
 // cutoff: temporary files that a crashed or killed writer left behind,
-// partial downloads nobody resumed (isPartialName), and per-digest lock
-// files that nobody holds. It removes only files named as layercache names
-// them (isTempName, isPartialName, isBlobLockName), never the index and
+// partial downloads nobody resumed (isPartialName) and their hash-state
+// sidecars (isHashStateName), and per-digest lock files that nobody holds.
+// It removes only files named as layercache names them (isTempName,
+// isPartialName, isHashStateName, isBlobLockName), never the index and
 // stats locks, never a directory (whatever its name) and never anything in
 // one: whatever else is in ingest/ was put there by someone else, and is
 // not Sweep's to remove. A live writer's temp file is younger than any
@@ -332,7 +420,7 @@ func (p Path) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 			return removed, err
 		}
 		name := e.Name()
-		temp, lock := isTempName(name) || isPartialName(name), isBlobLockName(name)
+		temp, lock := isTempName(name) || isPartialName(name) || isHashStateName(name), isBlobLockName(name)
 		if !temp && !lock || e.IsDir() {
 			continue // not a file of ours
 		}

@@ -304,6 +304,11 @@ func TestSweep(t *testing.T) {
 		{lockName(digestA), true, true, "old lock that is held"},
 		{lockName(digestB), true, false, "old lock that nobody holds"},
 		{lockName(youngUnheld), false, true, "young lock that nobody holds"},
+		{"sha256-" + digestB.Encoded() + ".partial", true, false, "old partial download nobody resumed"},
+		{"sha256-" + digestB.Encoded() + ".hashstate", true, false, "old hash state of a partial download, swept like it"},
+		{"sha256-" + youngUnheld.Encoded() + ".hashstate", false, true, "young hash state: a download may resume from it"},
+		{"hashstate-1.tmp", true, false, "old temp file of a hash state being written"},
+		{"sha256-xyz.hashstate", true, true, "not a digest's name: not ours"},
 		{layoutfs.IndexFile + ".lock", true, true, "the index lock, never removed"},
 		{layoutfs.StatsFile + ".lock", true, true, "the stats lock, never removed"},
 	}

@@ -10,7 +10,10 @@
 // parallel beside it.
 package testhook
 
-import "context"
+import (
+	"context"
+	"sync/atomic"
+)
 
 type noEagerGraceKey struct{}
 
@@ -33,5 +36,38 @@ func WithoutEagerGrace(ctx context.Context) context.Context {
 // NoEagerGrace reports whether ctx comes from WithoutEagerGrace.
 func NoEagerGrace(ctx context.Context) bool {
 	v, _ := ctx.Value(noEagerGraceKey{}).(bool)
+	return v
+}
+
+type hashStateEveryKey struct{}
+
+// WithHashStateEvery returns a context under which a store Writer of a
+// partial download (store.OpenPartial) saves its hash state every n bytes
+// instead of every 16 MiB, so that tests with layers of a few MiB, and
+// their child processes, get hash-state sidecars to resume from.
+func WithHashStateEvery(ctx context.Context, n int64) context.Context {
+	return context.WithValue(ctx, hashStateEveryKey{}, n)
+}
+
+// HashStateEvery returns the n of WithHashStateEvery, or 0 if ctx has none.
+func HashStateEvery(ctx context.Context) int64 {
+	v, _ := ctx.Value(hashStateEveryKey{}).(int64)
+	return v
+}
+
+type prefixHashedKey struct{}
+
+// WithPrefixHashed returns a context under which a store Writer of a
+// partial download adds to *n each byte of the resumed prefix that it
+// hashes before the download goes on (the synchronous part of a resume),
+// so that tests can tell a resume from a saved hash state from one that
+// hashed the whole prefix, by count rather than by time.
+func WithPrefixHashed(ctx context.Context, n *atomic.Int64) context.Context {
+	return context.WithValue(ctx, prefixHashedKey{}, n)
+}
+
+// PrefixHashed returns the counter of WithPrefixHashed, or nil.
+func PrefixHashed(ctx context.Context) *atomic.Int64 {
+	v, _ := ctx.Value(prefixHashedKey{}).(*atomic.Int64)
 	return v
 }

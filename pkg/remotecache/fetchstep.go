@@ -124,6 +124,16 @@ func (f *fetchStep) open(ctx context.Context) (rc io.ReadCloser, cached bool, er
 		t.finish()
 		return nil, false, err
 	}
+	if f.drain && t.w != nil && t.fromDisk {
+		// A caller that only stores the blob (Warm) is not handed the
+		// bytes of the partial file that a saved hash state covers: the
+		// store checks them beside the download, and the download goes
+		// on at once. They count as delivered, so that a download that
+		// starts again from zero does not hand them out either.
+		k := t.w.SkipChecked()
+		t.n += k
+		t.delivered += k
+	}
 	return t, false, nil
 }
 

@@ -758,17 +758,19 @@ func ingestLitter(t testing.TB, dir string) []string {
 	}
 	var out []string
 	for _, e := range entries {
-		// Lock files stay, and so do partial downloads: a download cut
-		// or closed early is kept for the next one to resume (see
-		// partials).
-		if !strings.HasSuffix(e.Name(), ".lock") && !strings.HasSuffix(e.Name(), ".partial") {
+		// Lock files stay, and so do partial downloads and their hash
+		// states: a download cut or closed early is kept for the next
+		// one to resume (see partials).
+		if !strings.HasSuffix(e.Name(), ".lock") && !strings.HasSuffix(e.Name(), ".partial") &&
+			!strings.HasSuffix(e.Name(), ".hashstate") {
 			out = append(out, e.Name())
 		}
 	}
 	return out
 }
 
-// partials lists the partial downloads kept in ingest/.
+// partials lists the partial downloads kept in ingest/, and their hash
+// states.
 func partials(t testing.TB, dir string) []string {
 	t.Helper()
 	entries, err := os.ReadDir(filepath.Join(dir, layout.IngestDir))
@@ -777,7 +779,7 @@ func partials(t testing.TB, dir string) []string {
 	}
 	var out []string
 	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), ".partial") {
+		if strings.HasSuffix(e.Name(), ".partial") || strings.HasSuffix(e.Name(), ".hashstate") {
 			out = append(out, e.Name())
 		}
 	}

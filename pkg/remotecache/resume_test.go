@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/cache"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/ocibuild/layercache/internal/testhook"
 	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
@@ -189,9 +190,38 @@ func partialPath(dir string, h v1.Hash) string {
 	return filepath.Join(dir, layout.IngestDir, h.Algorithm+"-"+h.Hex+".partial")
 }
 
+// hashStatePath is where the store keeps the hash state of the partial
+// download of h.
+func hashStatePath(dir string, h v1.Hash) string {
+	return filepath.Join(dir, layout.IngestDir, h.Algorithm+"-"+h.Hex+".hashstate")
+}
+
+// hashStateOffset reads the offset a hash state was saved at: its third
+// line (see store/hashstate.go).
+func hashStateOffset(t *testing.T, dir string, h v1.Hash) int64 {
+	t.Helper()
+	b, err := os.ReadFile(hashStatePath(dir, h))
+	if err != nil {
+		t.Fatalf("no hash state beside the partial download: %v", err)
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 3 {
+		t.Fatalf("hash state %q: too short", b)
+	}
+	n, err := strconv.ParseInt(lines[2], 10, 64)
+	if err != nil {
+		t.Fatalf("hash state %q: %v", b, err)
+	}
+	return n
+}
+
 // A partial download left by a killed process is resumed by the next
 // pull of the blob, which asks only for the rest; one whose bytes rotted
 // on disk is fetched again from zero, and never stored or served as good.
+// With a hash state saved beside the partial file, the resume hashes none
+// of its bytes before it goes on; bytes that rotted before the state's
+// offset fail the check that the commit waits for, and the blob is
+// fetched again from zero in the same call.
 func TestPull_ResumesPartialFromDisk(t *testing.T) {
 	reg := newTestRegistry(t)
 	fx := reg.pushImage(t, "test/img:v1", randomImage(t, 82, 1, 2<<20))
@@ -203,28 +233,50 @@ func TestPull_ResumesPartialFromDisk(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		partial []byte
+		state   bool // a hash state saved at the partial file's end (before it rotted)
 		warm    bool
 		wantErr bool // the caller got bytes that were wrong (and is told)
 		// registry bytes ÷ layer bytes
 		maxBytes float64
 	}{
-		{"good half/warm", half, true, false, 0.6},
-		{"good half/pull", half, false, false, 0.6},
-		{"rotten half/warm", rotten, true, false, 1.6},
-		{"rotten half/pull", rotten, false, true, 1.6},
+		{"good half/warm", half, false, true, false, 0.6},
+		{"good half/pull", half, false, false, false, 0.6},
+		{"rotten half/warm", rotten, false, true, false, 1.6},
+		{"rotten half/pull", rotten, false, false, true, 1.6},
+		{"good half, hash state/warm", half, true, true, false, 0.6},
+		{"good half, hash state/pull", half, true, false, false, 0.6},
+		{"rotten before the hash state/warm", rotten, true, true, false, 1.6},
+		{"rotten before the hash state/pull", rotten, true, false, true, 1.6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reg.reset()
 			s, dir := openStore(t)
+			if tc.state {
+				// The state is saved from the good bytes, as a
+				// download writes them; the file rots afterwards.
+				w, err := s.OpenPartial(t.Context(), toDigest(target), int64(len(whole)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := w.Write(half); err != nil {
+					t.Fatal(err)
+				}
+				w.Close()
+				if _, err := os.Stat(hashStatePath(dir, target)); err != nil {
+					t.Fatalf("no hash state beside the partial file: %v", err)
+				}
+			}
 			if err := os.WriteFile(partialPath(dir, target), tc.partial, 0o644); err != nil {
 				t.Fatal(err)
 			}
+			var hashed atomic.Int64
+			ctx := testhook.WithPrefixHashed(t.Context(), &hashed)
 			if tc.warm {
-				if _, err := remotecache.Warm(t.Context(), fx.ref, s); err != nil {
+				if _, err := remotecache.Warm(ctx, fx.ref, s); err != nil {
 					t.Fatal(err)
 				}
 			} else {
-				img := must(remotecache.Image(fx.ref, s))
+				img := must(remotecache.Image(fx.ref, s, remotecache.WithContext(ctx)))
 				l := must(img.LayerByDigest(target))
 				got, err := tryReadAll(l.Compressed)
 				switch {
@@ -243,6 +295,13 @@ func TestPull_ResumesPartialFromDisk(t *testing.T) {
 			_, served := reg.totalBlobGets()
 			if ratio := float64(served) / float64(len(whole)); ratio > tc.maxBytes {
 				t.Errorf("the registry served %.2f× the layer, want at most %.2f×", ratio, tc.maxBytes)
+			}
+			want := int64(len(half)) // the whole partial file, before the download went on
+			if tc.state {
+				want = 0 // the state covers it all
+			}
+			if got := hashed.Load(); got != want {
+				t.Errorf("the resume hashed %d bytes of the partial file before going on, want %d", got, want)
 			}
 		})
 	}
@@ -367,15 +426,19 @@ func stallAt(size int64, frac float64) fault {
 }
 
 // A Warm killed (SIGKILL) halfway through a layer leaves its partial
-// download, and the next Warm, in another process, asks only for the
-// rest: the registry serves little more than the layer once in all.
+// download, with the hash state it saved last beside it, and the next
+// Warm, in another process, asks only for the rest, having hashed only
+// the partial file's bytes past that state: the registry serves little
+// more than the layer once in all, and the blob is stored whole.
 func TestWarm_ResumesAfterKill(t *testing.T) {
 	if ref := os.Getenv("LAYERCACHE_WARM_CHILD"); ref != "" {
 		s, err := store.Open(os.Getenv("LAYERCACHE_CACHE_DIR"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = remotecache.Warm(context.Background(), must(name.ParseReference(ref)), s)
+		// A state every MiB, so that the 4 MiB the child gets leave some.
+		ctx := testhook.WithHashStateEvery(context.Background(), 1<<20)
+		_, err = remotecache.Warm(ctx, must(name.ParseReference(ref)), s)
 		t.Fatalf("Warm returned (%v); it should have been killed", err)
 	}
 	reg := newTestRegistry(t)
@@ -409,14 +472,30 @@ func TestWarm_ResumesAfterKill(t *testing.T) {
 	}
 	cmd.Wait()
 
+	fi, err := os.Stat(partial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := hashStateOffset(t, dir, target)
+	if saved <= 0 || saved > fi.Size() {
+		t.Fatalf("the killed child's hash state is at %d, want within its partial file's %d bytes", saved, fi.Size())
+	}
 	s, err := store.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := remotecache.Warm(t.Context(), fx.ref, s); err != nil {
+	var hashed atomic.Int64
+	if _, err := remotecache.Warm(testhook.WithPrefixHashed(t.Context(), &hashed), fx.ref, s); err != nil {
 		t.Fatal(err)
 	}
 	assertStored(t, s, target)
+	if got, want := hashed.Load(), fi.Size()-saved; got != want {
+		t.Errorf("the resume hashed %d bytes of the %d-byte partial file before going on, want %d (past the state at %d)",
+			got, fi.Size(), want, saved)
+	}
+	if p := partials(t, dir); len(p) > 0 {
+		t.Errorf("partial downloads left after the blob was stored: %v", p)
+	}
 	if n := reg.gets(target); n != 2 {
 		t.Errorf("%d GETs of the layer, want 2 (the killed one and the resume)", n)
 	}

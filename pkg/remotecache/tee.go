@@ -17,7 +17,9 @@ import (
 // and every byte hashed to its digest at the expected size.
 //
 // It reads, in order: the bytes a partial file resumed (hashed as they
-// are served), then the source's body. A body that breaks is asked for
+// are served; those a saved hash state covers are hashed by the store
+// beside the download instead, and a Warm skips them: see hashed and
+// fetchStep.open), then the source's body. A body that breaks is asked for
 // again from where it broke (connect); a source that answers from zero
 // instead has its first bytes written to the store but not handed out
 // again, and checked against what was (skip). A blob whose bytes turn out
@@ -83,7 +85,7 @@ func (t *teeReader) connect(offset int64) error {
 	// caller has is checked against the new bytes as they pass.
 	if t.w != nil {
 		if t.w.Size() > 0 {
-			t.skip, t.skipWant = t.w.Size(), t.w.Digest()
+			t.skip, t.skipWant = t.w.Size(), t.hashed()
 		}
 		if err := t.w.Restart(); err != nil {
 			t.storeFailed(err)
@@ -227,11 +229,22 @@ func (t *teeReader) readBody(b []byte) (n int, again bool, err error) {
 func (t *teeReader) matches() bool {
 	switch {
 	case t.w != nil:
-		return t.w.Digest() == t.f.d
+		return t.hashed() == t.f.d
 	case t.v != nil:
 		return t.v.Verified()
 	}
 	return true
+}
+
+// hashed is the digest of the bytes the Writer hashed, or "" when it
+// resumed from a saved hash state that the bytes on disk did not reach
+// (store.Writer.PrefixCheck, which waits for that check to end): those
+// bytes, the caller's too, are then of no known digest.
+func (t *teeReader) hashed() digest.Digest {
+	if t.w.PrefixCheck() != nil {
+		return ""
+	}
+	return t.w.Digest()
 }
 
 // take writes b, just read from the body, to the store (or the verifier).
@@ -482,7 +495,7 @@ func (t *teeReader) end() error {
 	var got digest.Digest
 	switch {
 	case t.w != nil:
-		got = t.w.Digest()
+		got = t.hashed()
 	case t.v != nil:
 		if t.v.Verified() {
 			got = t.f.d
@@ -584,7 +597,7 @@ func (t *teeReader) finish() {
 // bytes kept for a later download to resume.
 func (t *teeReader) Close() error {
 	if !t.done && t.failed == nil && t.poisoned == nil && t.skip == 0 && t.w != nil && !t.werr && t.n > 0 &&
-		t.w.Size() >= t.w.Resumed() && (t.size < 0 || t.n == t.size) && t.w.Digest() == t.f.d {
+		t.w.Size() >= t.w.Resumed() && (t.size < 0 || t.n == t.size) && t.hashed() == t.f.d {
 		_ = t.end()
 	}
 	t.finish()

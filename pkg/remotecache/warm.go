@@ -269,7 +269,11 @@ func (p *puller) fetchInto(ctx context.Context, d digest.Digest, size int64, pro
 	// The Writer reads the body straight into the buffers its file is
 	// written from (teeReader.WriteTo); progressWriter reports and checks
 	// ctx as the bytes pass.
-	if _, err := io.Copy(&progressWriter{ctx: ctx, report: progress}, rc); err != nil {
+	pw := &progressWriter{ctx: ctx, report: progress}
+	if t, ok := rc.(*teeReader); ok {
+		pw.n = t.delivered // bytes of a partial file that were not read (fetchStep.open)
+	}
+	if _, err := io.Copy(pw, rc); err != nil {
 		return false, err
 	}
 	return false, nil

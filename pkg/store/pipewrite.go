@@ -3,6 +3,7 @@ package store
 import (
 	"os"
 	"sync"
+	"sync/atomic"
 )
 
 // pipeDepth is how many chunks may wait for the file-writing goroutine,
@@ -34,6 +35,10 @@ type pipeFile struct {
 	mu  sync.Mutex
 	err error
 
+	// written counts the bytes the file took, so that a hash state is
+	// saved only for bytes that are in the file (Writer.saveHashState).
+	written atomic.Int64
+
 	cur    []byte // being gathered by Write; owned by the writer
 	closed bool
 }
@@ -51,7 +56,9 @@ func (p *pipeFile) loop() {
 			p.put(b)
 			continue
 		}
-		if _, err := p.f.Write(b); err != nil {
+		n, err := p.f.Write(b)
+		p.written.Add(int64(n))
+		if err != nil {
 			p.mu.Lock()
 			p.err = err
 			p.mu.Unlock()

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 
@@ -105,6 +106,19 @@ type Writer struct {
 
 	partial bool  // the file is the blob's partial download (OpenPartial)
 	resumed int64 // bytes the partial file held when opened
+
+	// Hash states of a partial download (hashstate.go).
+	hashFrom  int64        // Prefix hashes no byte before this: a restored state covers them
+	check     *prefixCheck // the check of the bytes before hashFrom, or nil
+	every     int64        // bytes between saves of the state; 0: none
+	savedAt   int64        // offset of the state saved (or due) last
+	pending   []byte       // a state due for saving once the file holds pendingAt bytes
+	pendingAt int64
+	committed bool // renamed to its final name: nothing is left to save
+	dropping  bool // being discarded: nothing is left to save
+
+	prefixHashed    int64         // bytes of the resumed file hashed by Prefix
+	prefixHashedCtr *atomic.Int64 // testhook.PrefixHashed, or nil
 }
 
 // NewWriter starts writing a blob. expected is the digest the data must
@@ -166,6 +180,9 @@ func (w *Writer) Write(p []byte) (n int, err error) {
 		w.err = w.writeError(err)
 		return len(p), w.err
 	}
+	if w.every > 0 {
+		w.saveHashState()
+	}
 	return len(p), nil
 }
 
@@ -211,6 +228,9 @@ func (w *Writer) ReadFrom(r io.Reader) (n int64, err error) {
 		w.out.filled(b[:len(b)+n])
 		if n > 0 {
 			faultpoint.HitBytes("blob:bytes", w.n)
+			if w.every > 0 {
+				w.saveHashState()
+			}
 		}
 		if rerr == io.EOF {
 			return total, nil
@@ -241,7 +261,9 @@ func (w *Writer) writeError(err error) error {
 // Size returns how many bytes were written so far.
 func (w *Writer) Size() int64 { return w.n }
 
-// Digest returns the digest of the bytes written so far.
+// Digest returns the digest of the bytes written so far. For a partial
+// Writer that resumed from a saved hash state, it relies on that state
+// until PrefixCheck has returned nil.
 func (w *Writer) Digest() digest.Digest { return digest.NewDigest(w.alg, w.h) }
 
 // Commit publishes the blob if its bytes hashed to the expected digest and
@@ -260,6 +282,15 @@ func (w *Writer) Commit() (d digest.Digest, err error) {
 	faultpoint.Hit("blob:temp-written")
 	if w.err != nil {
 		return "", w.err
+	}
+	// A hash resumed from a saved state vouches for the bytes before its
+	// offset only once they were hashed again from disk and reached that
+	// state: until then nothing is published.
+	if err := w.PrefixCheck(); err != nil {
+		if w.partial && errors.Is(err, ErrDigestMismatch) {
+			w.Discard() // wrong bytes are no prefix to resume from
+		}
+		return "", err
 	}
 	got := w.Digest()
 	name := w.expected
@@ -312,6 +343,11 @@ func (w *Writer) Commit() (d digest.Digest, err error) {
 		return "", fmt.Errorf("blob %s: publishing %s: %w", name, final, err)
 	}
 	faultpoint.Hit("blob:after-rename")
+	w.committed = true
+	if w.partial {
+		// The partial file is the blob now; its hash state is litter.
+		_ = w.s.path.RemoveHashState(name)
+	}
 	if w.s.durable {
 		faultpoint.Hit("blob:before-dirsync")
 		if err := fsutil.SyncDir(dir); err != nil {
@@ -323,8 +359,9 @@ func (w *Writer) Commit() (d digest.Digest, err error) {
 
 // Close abandons the blob if it was not committed: the temp file is
 // removed and nothing is published. A partial Writer's file (OpenPartial)
-// is kept instead, for the next writer of the blob to resume. It is safe
-// to call after Commit.
+// is kept instead, for the next writer of the blob to resume, with its
+// hash state saved beside it; unless the check of a resumed prefix found
+// it wrong, which removes both. It is safe to call after Commit.
 func (w *Writer) Close() (err error) {
 	defer diskerr.MarkAt(&err)
 	if w.done {
@@ -332,8 +369,16 @@ func (w *Writer) Close() (err error) {
 	}
 	w.done = true
 	w.out.wait()
+	// The check reads the file: it ends before the file is closed.
+	wrong := w.stopCheck()
+	if w.partial && !w.committed && !w.dropping && !wrong {
+		w.saveFinalHashState()
+	}
 	w.f.Close()
 	if w.partial {
+		if wrong && !w.committed && !w.dropping {
+			return w.removePartial()
+		}
 		return nil
 	}
 	if err := os.Remove(w.f.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
