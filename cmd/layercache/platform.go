@@ -26,7 +26,7 @@ func (p *platformFlags) add(f *pflag.FlagSet, verb, preposition string) {
 // a bad combination or platform is a usage error.
 func (p *platformFlags) options() ([]remotecache.Option, error) {
 	if p.platform != "" && p.all {
-		return nil, usagef("--platform and --all-platforms cannot be used together")
+		return nil, usagef("--platform and --all-platforms exclude each other")
 	}
 	if p.attestations && !p.all {
 		return nil, usagef("--attestations needs --all-platforms")

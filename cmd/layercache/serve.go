@@ -34,9 +34,8 @@ func newServeCmd(g *globals) *cobra.Command {
 	var (
 		addr        string
 		upstream    string
-		offline     bool
 		insecure    bool
-		resolve     string
+		resolveOpts resolveFlags
 		printConfig string
 		mirrors     mirrorOpts
 	)
@@ -105,15 +104,9 @@ registries.conf.`,
 			held := &heldWriter{w: g.stderr}
 			defer held.release("")
 			g.stderr, g.log = held, g.newLogger(held)
-			policy, err := remotecache.ParseResolvePolicy(resolve)
+			policy, err := resolveOpts.policy(cmd.Flags())
 			if err != nil {
-				return usagef("--resolve: %w", err)
-			}
-			if offline {
-				if cmd.Flags().Changed("resolve") && policy != remotecache.ResolveOffline {
-					return usagef("--offline and --resolve %s cannot be used together", policy)
-				}
-				policy = remotecache.ResolveOffline
+				return err
 			}
 			mopts, configs, err := mirrors.load(g.log)
 			if err != nil {
@@ -161,9 +154,8 @@ registries.conf.`,
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "127.0.0.1:5050", "listen on `HOST:PORT` (port 0 picks a free one)")
 	f.StringVar(&upstream, "upstream", "", "the `REGISTRY` of names that carry none (default docker.io); may have a port")
-	f.BoolVar(&offline, "offline", false, "use only the cache: resolve tags from index.json, fetch nothing (--resolve offline)")
+	resolveOpts.add(f)
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to upstream registries")
-	f.StringVar(&resolve, "resolve", remotecache.ResolveFallback.String(), "when a tag may come from the cache's index.json: remote, fallback or offline")
 	f.StringVar(&printConfig, "print-config", "", "print the configuration of a client (`KIND`: "+strings.Join(printConfigKinds, ", ")+") pointing at --addr, and exit")
 	addMirrorFlags(cmd, &mirrors)
 	return cmd

@@ -23,13 +23,12 @@ type warmJSON struct {
 
 func newWarmCmd(g *globals) *cobra.Command {
 	var (
-		platforms platformFlags
-		jobs      int
-		insecure  bool
-		offline   bool
-		resolve   string
-		from      []string
-		mirrors   mirrorOpts
+		platforms   platformFlags
+		jobs        int
+		insecure    bool
+		resolveOpts resolveFlags
+		from        []string
+		mirrors     mirrorOpts
 	)
 	cmd := &cobra.Command{
 		Use:   "warm IMAGE...",
@@ -87,15 +86,9 @@ Credentials come from the Docker config, as with crane and docker.`,
 			if jobs < 1 {
 				return usagef("--jobs must be at least 1, got %d", jobs)
 			}
-			policy, err := remotecache.ParseResolvePolicy(resolve)
+			policy, err := resolveOpts.policy(cmd.Flags())
 			if err != nil {
-				return usagef("--resolve: %w", err)
-			}
-			if offline {
-				if cmd.Flags().Changed("resolve") && policy != remotecache.ResolveOffline {
-					return usagef("--offline and --resolve %s cannot be used together", policy)
-				}
-				policy = remotecache.ResolveOffline
+				return err
 			}
 			var nameOpts []name.Option
 			if insecure {
@@ -166,8 +159,7 @@ Credentials come from the Docker config, as with crane and docker.`,
 	f.StringArrayVar(&from, "from", nil, "read references from `FILE`, one a line (\"-\" for stdin); may be repeated")
 	f.IntVarP(&jobs, "jobs", "j", remotecache.DefaultJobs, "blobs to fetch or verify at once")
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the registry")
-	f.BoolVar(&offline, "offline", false, "use only the cache: resolve tags from index.json, fetch nothing (--resolve offline)")
-	f.StringVar(&resolve, "resolve", remotecache.ResolveFallback.String(), "when a tag may come from the cache's index.json: remote, fallback or offline")
+	resolveOpts.add(f)
 	addMirrorFlags(cmd, &mirrors)
 	return cmd
 }
