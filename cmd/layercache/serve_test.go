@@ -28,6 +28,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
+	"github.com/ocibuild/layercache/internal/testutil"
 )
 
 // serveUpstream is ggcr's registry behind a handler that counts requests
@@ -218,26 +219,10 @@ func (p *serveProc) stderr() string {
 	return strings.Join(p.lines, "\n")
 }
 
-// get sends a request to the server and returns the answer, body read.
+// do sends a request to the server and returns the answer, body read.
 func (p *serveProc) do(t *testing.T, method, path string, hdr ...string) (*http.Response, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, "http://"+p.addr+path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, b
+	return testutil.Do(t, method, "http://"+p.addr+path, hdr...)
 }
 
 // stop sends sig and returns the exit code.
@@ -252,16 +237,6 @@ func (p *serveProc) stop(t *testing.T, sig syscall.Signal) int {
 		t.Fatalf("serve still runs 60 s after %v", sig)
 	}
 	return p.cmd.ProcessState.ExitCode()
-}
-
-func specCode(b []byte) string {
-	var e struct {
-		Errors []struct{ Code string } `json:"errors"`
-	}
-	if json.Unmarshal(b, &e) != nil || len(e.Errors) == 0 {
-		return ""
-	}
-	return e.Errors[0].Code
 }
 
 // pullThrough pulls ref through the server with ggcr and checks it is img.
@@ -464,7 +439,7 @@ func TestServe_Hostile(t *testing.T) {
 			path = "/v2/test/img/blobs/" + layers
 		}
 		resp, body := p.do(t, tc.method, path, tc.hdr...)
-		if resp.StatusCode != tc.status || specCode(body) != tc.code {
+		if resp.StatusCode != tc.status || testutil.SpecErrorCode(body) != tc.code {
 			t.Errorf("%s: %s %s: %s %s, want %d %s", tc.name, tc.method, path, resp.Status, body, tc.status, tc.code)
 		}
 	}

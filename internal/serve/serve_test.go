@@ -29,6 +29,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocibuild/layercache/internal/serve"
+	"github.com/ocibuild/layercache/internal/testutil"
 	"github.com/ocibuild/layercache/layout"
 	"github.com/ocibuild/layercache/pkg/remotecache"
 	"github.com/ocibuild/layercache/pkg/store"
@@ -182,37 +183,10 @@ func start(t *testing.T, up *upstream, o serve.Options) *fixture {
 	return fx
 }
 
-// get sends a request to serve and returns its answer, body read.
+// do sends a request to serve and returns its answer, body read.
 func (fx *fixture) do(t *testing.T, method, path string, hdr ...string) (*http.Response, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, fx.srv.URL+path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, b
-}
-
-// errorCode returns the first code of a spec error body.
-func errorCode(b []byte) string {
-	var e struct {
-		Errors []struct{ Code string } `json:"errors"`
-	}
-	if json.Unmarshal(b, &e) != nil || len(e.Errors) == 0 {
-		return ""
-	}
-	return e.Errors[0].Code
+	return testutil.Do(t, method, fx.srv.URL+path, hdr...)
 }
 
 func layerOf(t *testing.T, img v1.Image, i int) (v1.Hash, []byte) {
@@ -402,7 +376,7 @@ func TestBlobRanges(t *testing.T) {
 				t.Fatalf("Range %s: %s, want %d", tc.rng, resp.Status, tc.status)
 			}
 			if tc.status == 416 {
-				if code := errorCode(body); code == "" {
+				if code := testutil.SpecErrorCode(body); code == "" {
 					t.Errorf("416 without a spec error code: %s", body)
 				}
 				return
@@ -568,7 +542,7 @@ func TestWritesUnsupported(t *testing.T) {
 		{http.MethodGet, "/v2/test/img/blobs/uploads/abc"},
 	} {
 		resp, body := fx.do(t, c.method, c.path)
-		if resp.StatusCode != http.StatusMethodNotAllowed || errorCode(body) != "UNSUPPORTED" {
+		if resp.StatusCode != http.StatusMethodNotAllowed || testutil.SpecErrorCode(body) != "UNSUPPORTED" {
 			t.Errorf("%s %s: %s %s, want 405 UNSUPPORTED", c.method, c.path, resp.Status, body)
 		}
 	}
@@ -616,7 +590,7 @@ func TestHostileRequests(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := fx.do(t, http.MethodGet, tc.path)
-			if resp.StatusCode != tc.status || errorCode(body) != tc.code {
+			if resp.StatusCode != tc.status || testutil.SpecErrorCode(body) != tc.code {
 				t.Errorf("GET %s: %s %s, want %d %s", tc.path, resp.Status, body, tc.status, tc.code)
 			}
 		})
@@ -667,7 +641,7 @@ func TestOfflineMissIsUnknown(t *testing.T) {
 		"/v2/test/img/manifests/" + zero: "MANIFEST_UNKNOWN",
 	} {
 		resp, body := fx.do(t, http.MethodGet, path)
-		if resp.StatusCode != 404 || errorCode(body) != code {
+		if resp.StatusCode != 404 || testutil.SpecErrorCode(body) != code {
 			t.Errorf("offline GET %s: %s %s, want 404 %s", path, resp.Status, body, code)
 		}
 	}
